@@ -1,0 +1,1 @@
+"""Export a trained segmentation stream to a model bundle: ONNX, INT8 ONNX, TensorRT."""

@@ -1,0 +1,1 @@
+"""CoSA co-training: network, pseudo-labels, losses, datasets, engine and evaluation (needs torch)."""

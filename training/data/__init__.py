@@ -1,0 +1,1 @@
+"""Datasets: VOC, COCO, custom weakly labelled folders and the embedded synthetic benchmark."""
