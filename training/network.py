@@ -1,0 +1,183 @@
+"""The CoSA network (method spec section 1): backbone, CAM head, auxiliary CAM head, LargeFOV decoder.
+
+The online network and the assignment network are two instances of `CoSANetwork`;
+`SegmentationStream` is the deployable part (backbone + decoder) that export and the SDK run.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosa_sdk.training.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
+
+
+class CoSAOutput(NamedTuple):
+    logits: torch.Tensor
+    aux_logits: torch.Tensor
+    features: torch.Tensor
+    seg: torch.Tensor
+    cam: torch.Tensor
+    aux_cam: torch.Tensor
+
+
+class LargeFOV(nn.Module):
+    """DeepLab-LargeFOV head: two dilated 3x3 convs and a 1x1 classifier, all without bias."""
+
+    def __init__(self, *, in_channels: int, num_outputs: int, channels: int = 512, dilation: int = 5) -> None:
+        super().__init__()
+        self.conv6 = nn.Conv2d(in_channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv7 = nn.Conv2d(channels, channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.conv8 = nn.Conv2d(channels, num_outputs, 1, bias=False)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.conv8(F.relu(self.conv7(F.relu(self.conv6(features)))))
+
+
+def _config_defaults(
+    *,
+    backbone: str,
+    num_classes: int,
+    aux_layer: int | None = None,
+    decoder_channels: int = 512,
+    dilation: int = 5,
+    freeze_blocks: int = 0,
+    backbone_kwargs: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    return {
+        "backbone": backbone,
+        "num_classes": int(num_classes),
+        "aux_layer": aux_layer,
+        "decoder_channels": int(decoder_channels),
+        "dilation": int(dilation),
+        "freeze_blocks": int(freeze_blocks),
+        "backbone_kwargs": dict(backbone_kwargs or {}),
+    }
+
+
+class CoSANetwork(nn.Module):
+    """Encoder + CAM head + aux CAM head + LargeFOV decoder with C+1 outputs (channel 0 = background).
+
+    `num_classes` counts foreground classes (C). Image logits are the CAM head applied to the global
+    max pool of the features; CAMs are the same 1x1 weights applied per pixel (no ReLU inside).
+    """
+
+    def __init__(
+        self,
+        *,
+        backbone: str = "vit_base_patch16_224",
+        num_classes: int = 20,
+        aux_layer: int | None = None,
+        decoder_channels: int = 512,
+        dilation: int = 5,
+        freeze_blocks: int = 0,
+        backbone_weights: str | None = None,
+        backbone_kwargs: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = _config_defaults(
+            backbone=backbone, num_classes=num_classes, aux_layer=aux_layer, decoder_channels=decoder_channels,
+            dilation=dilation, freeze_blocks=freeze_blocks, backbone_kwargs=backbone_kwargs,
+        )
+        self.backbone = build_backbone(
+            backbone, weights=backbone_weights, aux_layer=aux_layer, freeze_blocks=freeze_blocks,
+            **(backbone_kwargs or {}),
+        )
+        self.config["aux_layer"] = self._resolved_aux_layer()
+        self.classifier = nn.Conv2d(self.backbone.final_channels, num_classes, 1, bias=False)
+        self.aux_classifier = nn.Conv2d(self.backbone.aux_channels, num_classes, 1, bias=False)
+        self.decoder = LargeFOV(
+            in_channels=self.backbone.seg_channels, num_outputs=num_classes + 1,
+            channels=decoder_channels, dilation=dilation,
+        )
+
+    def _resolved_aux_layer(self) -> int:
+        if self.config["aux_layer"] is not None:
+            return int(self.config["aux_layer"])
+        return -3 if isinstance(self.backbone, ViTBackbone) else -2
+
+    @property
+    def num_classes(self) -> int:
+        return self.config["num_classes"]
+
+    @property
+    def stride(self) -> int:
+        return self.backbone.stride
+
+    def model_config(self) -> dict[str, Any]:
+        """JSON-able keyword arguments that rebuild this architecture (without pretrained weights)."""
+        return copy.deepcopy(self.config)
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any], **overrides: Any) -> CoSANetwork:
+        return cls(**{**config, **overrides})
+
+    def _heads(self, feats: BackboneFeatures) -> CoSAOutput:
+        logits = self.classifier(F.adaptive_max_pool2d(feats.final, 1)).flatten(1)
+        aux_logits = self.aux_classifier(F.adaptive_max_pool2d(feats.aux, 1)).flatten(1)
+        return CoSAOutput(
+            logits=logits,
+            aux_logits=aux_logits,
+            features=feats.final,
+            seg=self.decoder(feats.seg),
+            cam=self.classifier(feats.final),
+            aux_cam=self.aux_classifier(feats.aux),
+        )
+
+    def forward(self, images: torch.Tensor) -> CoSAOutput:
+        return self._heads(self.backbone(images))
+
+    def forward_cams(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        feats = self.backbone(images)
+        return self.classifier(feats.final), self.aux_classifier(feats.aux)
+
+    def forward_all_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(cam, aux_cam, seg) at the backbone's stride: what the teacher's multi-scale fusion needs."""
+        feats = self.backbone(images)
+        return self.classifier(feats.final), self.aux_classifier(feats.aux), self.decoder(feats.seg)
+
+    def forward_seg(self, images: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.backbone(images, with_aux=False).seg)
+
+    def seg_stream(self) -> SegmentationStream:
+        """The deployable segmentation stream, sharing this network's backbone and decoder modules."""
+        return SegmentationStream(backbone_module=self.backbone, decoder_module=self.decoder, config=self.config)
+
+    def seg_stream_state_dict(self) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("backbone.", "decoder."))}
+
+
+class SegmentationStream(nn.Module):
+    """Backbone + LargeFOV decoder: images (N, 3, H, W) normalised -> logits (N, C+1, H, W).
+
+    The logits are upsampled bilinearly (align_corners False) to the input size inside the module,
+    so an exported graph hands the SDK full-resolution logits.
+    """
+
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        backbone_module: ViTBackbone | CNNBackbone | None = None,
+        decoder_module: LargeFOV | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        if backbone_module is None or decoder_module is None:
+            donor = CoSANetwork.from_config(self.config)
+            backbone_module, decoder_module = donor.backbone, donor.decoder
+        self.backbone = backbone_module
+        self.decoder = decoder_module
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> SegmentationStream:
+        """Rebuild the architecture from `CoSANetwork.model_config()`; load weights with `load_state_dict`."""
+        return cls(config=config)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.decoder(self.backbone(images, with_aux=False).seg)
+        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
