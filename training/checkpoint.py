@@ -42,7 +42,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load a cosa-sdk checkpoint on the CPU, refusing anything that is not one, with a fix in the message."""
     path = Path(path)
     if not path.is_file():
-        raise CosaModelError(f"checkpoint {path} not found: pass RUN_DIR/best.pt or RUN_DIR/last.pt of a `cosa train` run")
+        raise CosaModelError(f"checkpoint {path} not found: pass RUN_DIR/best.pt or RUN_DIR/last.pt of `cosa train`")
     try:
         record = torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
