@@ -1,1 +1,33 @@
-"""Datasets: VOC, COCO, custom weakly labelled folders and the embedded synthetic benchmark."""
+"""Datasets: VOC, COCO, custom weakly labelled folders and the embedded synthetic benchmark.
+
+`build_dataset(spec, split, ...)` is the one entry point the engine uses; training splits give
+seeded weak/strong views (`TrainDataset`), "val" gives evaluation samples (`EvalDataset`).
+"""
+
+from __future__ import annotations
+
+from cosa_sdk.training.data.build import build_dataset, read_index
+from cosa_sdk.training.data.common import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, Item, ItemIndex, seed_worker
+from cosa_sdk.training.data.datasets import EvalDataset, TrainDataset, collate_eval
+from cosa_sdk.training.data.sampling import TrainKeySampler
+from cosa_sdk.training.data.spec import DataSpec, parse_data_spec
+from cosa_sdk.training.data.synthetic import ensure_synthetic, generate_synthetic
+
+__all__ = [
+    "IGNORE_INDEX",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "DataSpec",
+    "EvalDataset",
+    "Item",
+    "ItemIndex",
+    "TrainDataset",
+    "TrainKeySampler",
+    "build_dataset",
+    "collate_eval",
+    "ensure_synthetic",
+    "generate_synthetic",
+    "parse_data_spec",
+    "read_index",
+    "seed_worker",
+]

@@ -1,0 +1,195 @@
+"""VOC 2012 and COCO 2014 loaders on tiny fake trees built on the fly."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, ImageDraw
+
+from cosa_sdk.errors import CosaDataError
+from cosa_sdk.training.data import build_dataset, read_index
+from cosa_sdk.training.data.classes import COCO_CLASSES, VOC_CLASSES
+from cosa_sdk.training.data.common import voc_palette
+
+
+def _image(path: Path, width: int, height: int, seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(path)
+
+
+def _mask(values: list[int], width: int = 32, height: int = 24) -> np.ndarray:
+    mask = np.zeros((height, width), np.uint8)
+    for i, value in enumerate(values):
+        mask[2 + 5 * i : 6 + 5 * i, 4:28] = value
+    mask[-1] = 255
+    return mask
+
+
+def make_voc(root: Path, with_aug: bool = True) -> Path:
+    voc = root / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc / sub).mkdir(parents=True)
+    contents = {"2007_000001": [15], "2007_000002": [1, 7], "2007_000003": [20], "2008_000004": [12, 15]}
+    palette = [value for rgb in voc_palette(256) for value in rgb]
+    for i, (name, values) in enumerate(contents.items()):
+        _image(voc / "JPEGImages" / f"{name}.jpg", 32, 24, i)
+        png = Image.fromarray(_mask(values), mode="P")
+        png.putpalette(palette)
+        png.save(voc / "SegmentationClass" / f"{name}.png")
+    lists = voc / "ImageSets" / "Segmentation"
+    (lists / "train.txt").write_text("2007_000001\n2007_000002\n")
+    (lists / "val.txt").write_text("2007_000003\n2008_000004\n")
+    if with_aug:
+        (voc / "SegmentationClassAug").mkdir()
+        _image(voc / "JPEGImages" / "2011_000005.jpg", 32, 24, 9)
+        Image.fromarray(_mask([5]), mode="L").save(voc / "SegmentationClassAug" / "2011_000005.png")
+        Image.fromarray(_mask([15]), mode="L").save(voc / "SegmentationClassAug" / "2007_000001.png")
+        (lists / "train_aug.txt").write_text("2007_000001\n2011_000005\n")
+    return voc
+
+
+def test_voc_splits_classes_and_labels_from_masks(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path)
+    train = build_dataset(f"voc:{tmp_path}", "train", crop_size=16)
+    assert train.classes == list(VOC_CLASSES) and train.num_classes == 20 and len(train.palette) == 21
+    sample = train[1]
+    assert sample["name"] == "2007_000002"
+    assert torch.nonzero(sample["labels"]).flatten().tolist() == [0, 6]  # aeroplane, car
+    aug = read_index(f"voc:{voc.parent}", "train_aug")
+    assert [it.name for it in aug.items] == ["2007_000001", "2011_000005"]
+    assert aug.items[1].mask.parent.name == "SegmentationClassAug"
+    val = build_dataset(f"voc:{voc}", "val", eval_size=16)
+    assert [it.mask.parent.name for it in val.items] == ["SegmentationClass"] * 2
+    first = val[1]
+    assert first["mask"].shape == (24, 32) and first["image"].shape == (3, 16, 16)
+    assert torch.nonzero(first["labels"]).flatten().tolist() == [11, 14]  # dog, person
+
+
+def test_voc_official_label_file_takes_precedence(tmp_path: Path) -> None:
+    voc = make_voc(tmp_path)
+    table = {"2007_000001": np.eye(20, dtype=np.float32)[3], "2007_000002": np.eye(20, dtype=np.float32)[4]}
+    np.save(voc / "cls_labels_onehot.npy", table, allow_pickle=True)
+    index = read_index(f"voc:{voc}", "train")
+    assert [it.labels for it in index.items] == [(3,), (4,)]
+
+
+def test_voc_errors_name_the_fix(tmp_path: Path) -> None:
+    with pytest.raises(CosaDataError, match="is not a VOC 2012 folder"):
+        read_index(f"voc:{tmp_path}", "train")
+    voc = make_voc(tmp_path, with_aug=False)
+    with pytest.raises(CosaDataError, match="train_aug needs the SBD augmentation"):
+        read_index(f"voc:{voc}", "train_aug")
+    (voc / "ImageSets/Segmentation/val.txt").write_text("2007_000003\n2009_999999\n")
+    with pytest.raises(CosaDataError, match=r"val\.txt:2: image .*2009_999999\.jpg is missing"):
+        read_index(f"voc:{voc}", "val")
+    _image(voc / "JPEGImages" / "2009_999999.jpg", 32, 24, 3)
+    with pytest.raises(CosaDataError, match=r"val\.txt:2: no mask 2009_999999\.png"):
+        read_index(f"voc:{voc}", "val")
+
+
+def make_coco(root: Path) -> Path:
+    for split, names in (("train", ["COCO_train2014_000000000009", "COCO_train2014_000000000025"]),
+                         ("val", ["COCO_val2014_000000000042"])):  # fmt: skip
+        (root / f"{split}2014").mkdir(parents=True)
+        (root / "SegmentationClass" / f"{split}2014").mkdir(parents=True)
+        for i, name in enumerate(names):
+            _image(root / f"{split}2014" / f"{name}.jpg", 32, 24, i)
+            values = [1, 80] if i == 0 else [18]
+            Image.fromarray(_mask(values), mode="L").save(root / "SegmentationClass" / f"{split}2014" / f"{name}.png")
+    return root
+
+
+def test_coco_masks_give_80_classes_and_labels(tmp_path: Path) -> None:
+    root = make_coco(tmp_path / "coco")
+    train = build_dataset(f"coco:{root}", "train", crop_size=16)
+    assert train.num_classes == 80 and train.classes[0] == "person" and train.classes[-1] == "toothbrush"
+    assert len(train.palette) == 81
+    assert torch.nonzero(train[0]["labels"]).flatten().tolist() == [0, 79]
+    assert train[1]["labels"][17] == 1.0  # dog
+    val = build_dataset(f"coco:{root}", "val", eval_size=16)
+    assert len(val) == 1 and val[0]["mask"].shape == (24, 32)
+
+
+def test_coco_name_list_and_errors(tmp_path: Path) -> None:
+    root = make_coco(tmp_path / "coco")
+    (root / "train.txt").write_text("COCO_train2014_000000000025\nCOCO_train2014_000000000077\n")
+    with pytest.raises(CosaDataError, match=r"train\.txt:2: image 'COCO_train2014_000000000077' not found"):
+        read_index(f"coco:{root}", "train")
+    (root / "train.txt").write_text("COCO_train2014_000000000025\n")
+    assert [it.name for it in read_index(f"coco:{root}", "train").items] == ["COCO_train2014_000000000025"]
+    empty = tmp_path / "empty"
+    (empty / "val2014").mkdir(parents=True)
+    with pytest.raises(CosaDataError, match=r"instances_val2014\.json to convert"):
+        read_index(f"coco:{empty}", "val")
+
+
+def _ann(category: int, crowd: int, area: float, polygon: list[int]) -> dict:
+    return {"image_id": 1, "category_id": category, "iscrowd": crowd, "area": area, "segmentation": [polygon]}
+
+
+def _instances(root: Path) -> None:
+    (root / "val2014").mkdir(parents=True)
+    (root / "annotations").mkdir()
+    _image(root / "val2014" / "COCO_val2014_000000000001.jpg", 32, 24, 0)
+    data = {
+        "images": [{"id": 1, "file_name": "COCO_val2014_000000000001.jpg", "height": 24, "width": 32}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 18, "name": "dog"}, {"id": 90, "name": "toothbrush"}],
+        "annotations": [
+            _ann(18, 0, 20.0, [8, 8, 14, 8, 14, 14, 8, 14]),
+            _ann(1, 0, 300.0, [2, 2, 22, 2, 22, 20, 2, 20]),
+            _ann(90, 1, 50.0, [20, 0, 31, 0, 31, 10, 20, 10]),
+        ],
+    }
+    (root / "annotations" / "instances_val2014.json").write_text(json.dumps(data))
+
+
+@pytest.mark.skipif(importlib.util.find_spec("pycocotools") is not None, reason="pycocotools is installed")
+def test_coco_conversion_without_pycocotools_says_how_to_install(tmp_path: Path) -> None:
+    _instances(tmp_path / "coco")
+    with pytest.raises(CosaDataError, match="pip install pycocotools"):
+        read_index(f"coco:{tmp_path / 'coco'}", "val")
+
+
+def _polygon_mask_module() -> types.ModuleType:
+    """A stand-in for pycocotools.mask covering polygons only (rasterised with PIL)."""
+    module = types.ModuleType("pycocotools.mask")
+
+    def fr_py_objects(polygons, height, width):
+        return [{"poly": p, "size": (height, width)} for p in polygons]
+
+    def merge(rles):
+        return {"polys": [r["poly"] for r in rles], "size": rles[0]["size"]}
+
+    def decode(rle):
+        height, width = rle["size"]
+        img = Image.new("L", (width, height), 0)
+        for poly in rle["polys"]:
+            ImageDraw.Draw(img).polygon(poly, fill=1)
+        return np.asarray(img, dtype=np.uint8)
+
+    module.frPyObjects, module.merge, module.decode = fr_py_objects, merge, decode
+    return module
+
+
+def test_coco_instances_convert_once_into_index_masks(tmp_path: Path, monkeypatch) -> None:
+    root = tmp_path / "coco"
+    _instances(root)
+    package = types.ModuleType("pycocotools")
+    package.mask = _polygon_mask_module()
+    monkeypatch.setitem(sys.modules, "pycocotools", package)
+    monkeypatch.setitem(sys.modules, "pycocotools.mask", package.mask)
+    index = read_index(f"coco:{root}", "val")
+    mask = np.asarray(Image.open(index.items[0].mask))
+    assert mask[10, 10] == COCO_CLASSES.index("dog") + 1  # small instance painted over the large one
+    assert mask[4, 4] == 1  # person
+    assert mask[5, 25] == 255 and mask[22, 5] == 0  # crowd region -> ignore, elsewhere background
+    assert not list(root.joinpath("SegmentationClass").glob(".*"))  # no temp folder left behind
+    monkeypatch.delitem(sys.modules, "pycocotools")
+    assert len(read_index(f"coco:{root}", "val").items) == 1  # converted masks are reused

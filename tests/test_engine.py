@@ -1,0 +1,164 @@
+"""The training engine end to end on tiny generated data: train, eval, resume, run-dir safety, DDP."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from cosa_sdk.cli import main as cosa_main  # noqa: E402
+from cosa_sdk.errors import CosaConfigError  # noqa: E402
+from cosa_sdk.training.config import preset  # noqa: E402
+from cosa_sdk.training.engine import Trainer  # noqa: E402
+
+DATA = "synthetic:n_train=12,n_val=4,size=64,seed=3"
+TINY_OVERRIDES = [
+    "backbone=vit_tiny_patch16_224", "backbone_weights=none", "freeze_blocks=0", "crop_size=64",
+    "batch_size=2", "loss_warmup_iters=2", "lr_warmup_iters=2", "eval_every=3", "checkpoint_every=3",
+    "sample_every=3", "num_workers=0", "decoder_channels=16", "dilation=2", "progress=false", "log_every=1",
+    "pseudo_scales=1.0,0.5",
+]
+
+
+def tiny_config(**changes):
+    config = dataclasses.replace(
+        preset("tiny"), backbone="vit_tiny_patch16_224", backbone_weights=None, freeze_blocks=0, crop_size=64,
+        batch_size=2, iters=6, loss_warmup_iters=2, lr_warmup_iters=2, eval_every=3, checkpoint_every=3,
+        sample_every=3, num_workers=0, decoder_channels=16, dilation=2, progress=False, log_every=1,
+        pseudo_scales=(1.0, 0.5),
+    )
+    return dataclasses.replace(config, **changes)
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("COSA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cosa-cache"))
+
+
+def test_train_and_eval_through_the_cli(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    code = cosa_main(["train", "--data", DATA, "--preset", "tiny", "--out", str(run), "--iters", "6",
+                      *TINY_OVERRIDES])
+    assert code == 0
+    for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
+        assert (run / name).exists(), name
+    assert list((run / "samples").glob("step_*.png"))
+    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    train_lines = [entry for entry in lines if "loss" in entry]
+    assert [entry["step"] for entry in train_lines] == [1, 2, 3, 4, 5, 6]
+    # iteration t (0-based) is logged as step t+1; t <= loss_warmup_iters (2) is classification only
+    assert "c2s" not in train_lines[2] and "c2s" in train_lines[3], "pseudo-label losses start after the warm-up"
+    assert all(torch.isfinite(torch.tensor(entry["loss"])) for entry in train_lines)
+    evals = [entry["eval"] for entry in lines if "eval" in entry]
+    assert len(evals) == 2 and {"online", "assignment", "selected"} <= set(evals[-1])
+    out_json = tmp_path / "scores.json"
+    assert cosa_main(["eval", str(run / "best.pt"), "--json", str(out_json)]) == 0
+    scores = json.loads(out_json.read_text())
+    assert {"cam_miou", "seg_miou", "seg_miou_gt_filtered", "per_class_iou", "num_images"} <= set(scores)
+    assert scores["num_images"] == 4
+    assert 0.0 <= scores["seg_miou"] <= 100.0
+    assert "background" in scores["per_class_iou"]
+
+
+def test_existing_run_is_never_overwritten_without_resume_or_force(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    code = cosa_main(["train", "--data", DATA, "--out", str(run), "--iters", "2", *TINY_OVERRIDES])
+    assert code == 2
+    assert "--resume" in capsys.readouterr().err
+    assert (run / "config.json").read_text() == "{}"
+
+
+def test_unknown_override_and_preset_are_clear_errors(tmp_path, capsys) -> None:
+    assert cosa_main(["train", "--out", str(tmp_path / "a"), "no_such_key=1"]) == 2
+    assert "unknown override key" in capsys.readouterr().err
+    assert cosa_main(["train", "--out", str(tmp_path / "b"), "--preset", "huge"]) == 2
+    assert "unknown preset" in capsys.readouterr().err
+
+
+def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path) -> None:
+    # The interruption falls after the loss warm-up, so optimizer moments and pseudo-label losses are live.
+    config = tiny_config(iters=5, eval_every=100, sample_every=100)
+    straight = Trainer(config, run_dir=tmp_path / "straight", data_spec=DATA)
+    straight.fit()
+    interrupted = Trainer(config, run_dir=tmp_path / "resumed", data_spec=DATA)
+    interrupted.fit(stop_after=4)
+    assert interrupted.step == 4
+    resumed = Trainer(config, run_dir=tmp_path / "resumed", data_spec=DATA, resume=True)
+    assert resumed.step == 4
+    resumed.fit()
+    for name, expected in straight.online.state_dict().items():
+        assert torch.equal(resumed.online.state_dict()[name], expected), name
+    for name, expected in straight.assignment.state_dict().items():
+        assert torch.equal(resumed.assignment.state_dict()[name], expected), name
+
+
+def test_resume_with_another_config_names_the_difference(tmp_path) -> None:
+    Trainer(tiny_config(iters=2), run_dir=tmp_path / "run", data_spec=DATA).fit()
+    with pytest.raises(CosaConfigError, match="lr"):
+        Trainer(tiny_config(iters=2, lr=1.0), run_dir=tmp_path / "run", data_spec=DATA, resume=True)
+
+
+def test_all_ignore_pseudo_labels_give_a_finite_loss(tmp_path) -> None:
+    # t_low < 0 < t_high > 1: no pixel is confidently background or foreground, so every CPL pixel is ignore.
+    config = tiny_config(iters=4, t_high=1.5, t_low=-1.0, aux_t_high=1.5, aux_t_low=-1.0, eval_every=100,
+                         sample_every=100)
+    trainer = Trainer(config, run_dir=tmp_path / "run", data_spec=DATA)
+    trainer.fit()
+    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    c2s = [entry["c2s"] for entry in lines if "c2s" in entry]
+    assert c2s and all(value == 0.0 for value in c2s)
+
+
+def test_full_supervision_trains_the_seg_stream_on_masks(tmp_path) -> None:
+    trainer = Trainer(tiny_config(iters=3), run_dir=tmp_path / "full", data_spec=DATA, supervision="full")
+    summary = trainer.fit()
+    assert trainer.assignment is None
+    online = summary["metrics"]["online"]
+    assert online["cam_miou"] is None and online["seg_miou"] is not None
+
+
+DDP_SCRIPT = textwrap.dedent(
+    """
+    import dataclasses, hashlib, os, sys, torch
+    from cosa_sdk.training.config import preset
+    from cosa_sdk.training.engine import Trainer
+    torch.set_num_threads(1)
+    config = dataclasses.replace(
+        preset("tiny"), backbone="vit_tiny_patch16_224", backbone_weights=None, freeze_blocks=0, crop_size=32,
+        batch_size=1, iters=3, loss_warmup_iters=1, lr_warmup_iters=1, eval_every=100, checkpoint_every=100,
+        sample_every=100, num_workers=0, decoder_channels=8, dilation=2, progress=False, pseudo_scales=(1.0,),
+        device="cpu")
+    trainer = Trainer(config, run_dir=sys.argv[1], data_spec=sys.argv[2])
+    trainer.fit()
+    digest = hashlib.sha256()
+    for name, tensor in sorted(trainer.online.state_dict().items()):
+        digest.update(name.encode()); digest.update(tensor.numpy().tobytes())
+    with open(os.path.join(sys.argv[1], f"rank{os.environ['RANK']}.sha"), "w") as handle:
+        handle.write(digest.hexdigest())
+    """
+)
+
+
+def test_two_process_gloo_ranks_hold_identical_weights(tmp_path) -> None:
+    script = tmp_path / "ddp_train.py"
+    script.write_text(DDP_SCRIPT)
+    run = tmp_path / "ddp"
+    data = "synthetic:n_train=8,n_val=2,size=32,seed=5"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
+         str(run), data],
+        capture_output=True, text=True, timeout=300, env=env,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    digests = {(run / f"rank{r}.sha").read_text() for r in (0, 1)}
+    assert len(digests) == 1

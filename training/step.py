@@ -1,0 +1,163 @@
+"""One CoSA training step's losses (method spec 2.6): what the online network learns from a batch.
+
+`CoSALosses` turns (online network, assignment network, batch, iteration) into named loss terms. The
+engine owns the optimiser, EMA, schedule and bookkeeping; this module owns the method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.contrastive import contrastive_separation_loss
+from cosa_sdk.training.crf_loss import DenseCRFLoss
+from cosa_sdk.training.dynamic_threshold import DynamicThreshold
+from cosa_sdk.training.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
+from cosa_sdk.training.perplexity import perplexity_weights
+from cosa_sdk.training.pseudo_labels import cam_pseudo_label, segmentation_pseudo_label, teacher_fusion
+
+
+@dataclass
+class Thresholds:
+    """The CPL thresholds (fixed, or searched per step when dynamic thresholds are on)."""
+
+    high: float
+    low: float
+    aux_high: float
+    aux_low: float
+
+
+@dataclass
+class PseudoLabels:
+    cpl: torch.Tensor
+    cpl_aux: torch.Tensor
+    spl: torch.Tensor
+    valid_cam: torch.Tensor
+
+
+class CoSALosses(nn.Module):
+    """Loss terms of one step: L_cls (+aux) always; after the loss warm-up L_c2s, L_s2c, L_reg and the
+    optional paper techniques (perplexity weights on L_c2s, contrastive separation)."""
+
+    def __init__(self, config: TrainConfig, *, grid_size: int) -> None:
+        super().__init__()
+        self.config = config
+        self.crf = (
+            DenseCRFLoss(sigma_rgb=config.crf_sigma_rgb, sigma_xy=config.crf_sigma_xy)
+            if config.crf_loss and config.w_reg > 0 else None
+        )
+        self.dynamic: tuple[DynamicThreshold, DynamicThreshold] | None = None
+        if config.dynamic_threshold:
+            rows = config.batch_size * config.gmm_queue_rows_per_image
+            self.dynamic = (
+                DynamicThreshold(queue_rows=rows, grid_size=grid_size, init_low=config.t_low,
+                                 init_high=config.t_high, seed=config.seed),
+                DynamicThreshold(queue_rows=rows, grid_size=grid_size, init_low=config.aux_t_low,
+                                 init_high=config.aux_t_high, seed=config.seed + 1),
+            )
+        self.thresholds = Thresholds(config.t_high, config.t_low, config.aux_t_high, config.aux_t_low)
+
+    def pseudo_labels_active(self, step: int) -> bool:
+        return step > self.config.loss_warmup_iters
+
+    @torch.no_grad()
+    def make_pseudo_labels(self, assignment: nn.Module, weak: torch.Tensor, labels: torch.Tensor,
+                           box: torch.Tensor) -> PseudoLabels:
+        cfg = self.config
+        fused = teacher_fusion(assignment.forward_all_maps, weak, scales=cfg.pseudo_scales,
+                               aux_last_scale_only=cfg.aux_last_scale_only)
+        present = labels[:, :, None, None]
+        valid_cam, valid_aux = fused.cam * present, fused.aux_cam * present
+        if self.dynamic is not None:
+            low, high = self.dynamic[0].update(valid_cam)
+            aux_low, aux_high = self.dynamic[1].update(valid_aux)
+            self.thresholds = Thresholds(high, low, aux_high, aux_low)
+        t = self.thresholds
+        return PseudoLabels(
+            cpl=cam_pseudo_label(valid_cam, labels, t_high=t.high, t_low=t.low, img_box=box),
+            cpl_aux=cam_pseudo_label(valid_aux, labels, t_high=t.aux_high, t_low=t.aux_low, img_box=box),
+            spl=segmentation_pseudo_label(fused.seg, labels, temperature=cfg.spl_temperature),
+            valid_cam=valid_cam,
+        )
+
+    def forward(self, online: nn.Module, assignment: nn.Module, batch: dict[str, torch.Tensor],
+                step: int) -> tuple[torch.Tensor, dict[str, float], PseudoLabels | None]:
+        """(total loss, {term: value}, pseudo-labels or None during the warm-up)."""
+        cfg = self.config
+        labels = batch["labels"]
+        active = self.pseudo_labels_active(step)
+        pseudo = None
+        if active or self.dynamic is not None:
+            pseudo = self.make_pseudo_labels(assignment, batch["weak"], labels, batch["box"])
+        out = online(batch["strong"])
+        l_cls = classification_loss(out.logits, labels)
+        l_aux = classification_loss(out.aux_logits, labels)
+        total = l_cls + l_aux
+        terms = {"cls": l_cls.item(), "cls_aux": l_aux.item()}
+        if not active:
+            return total, terms, pseudo
+        size = batch["strong"].shape[-2:]
+        seg = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=False)
+        weights = None
+        if cfg.perplexity:
+            t = self.thresholds
+            weights = perplexity_weights(pseudo.valid_cam, labels, bg_threshold=t.high, beta=cfg.perplexity_beta)
+        beta = cfg.aux_cpl_weight
+        l_c2s = (1 - beta) * balanced_seg_loss(seg, pseudo.cpl, fg_alpha=cfg.fg_alpha, pixel_weights=weights) + \
+            beta * balanced_seg_loss(seg, pseudo.cpl_aux, fg_alpha=cfg.fg_alpha, pixel_weights=weights)
+        l_s2c = seg_to_cam_loss(out.cam, pseudo.spl)
+        total = total + cfg.w_c2s * l_c2s + cfg.w_s2c * l_s2c
+        terms.update(c2s=l_c2s.item(), s2c=l_s2c.item())
+        if self.crf is not None:
+            mean = torch.tensor(cfg.mean, device=seg.device).view(1, 3, 1, 1)
+            std = torch.tensor(cfg.std, device=seg.device).view(1, 3, 1, 1)
+            images = (batch["strong"] * std + mean) * 255.0
+            l_reg = self.crf(images, seg.softmax(1), _roi(batch["box"], size, seg.device), pseudo.cpl)
+            total = total + cfg.w_reg * l_reg
+            terms["reg"] = l_reg.item()
+        if cfg.contrastive:
+            spl_grid = F.interpolate(pseudo.spl, size=out.features.shape[-2:], mode="bilinear", align_corners=False)
+            l_csc = contrastive_separation_loss(out.features, out.cam, spl_grid.argmax(1), labels,
+                                                temperature=cfg.csc_temperature)
+            total = total + cfg.w_csc * l_csc
+            terms["csc"] = l_csc.item()
+        return total, terms, pseudo
+
+    def state_dict_extra(self) -> dict:
+        state = {"thresholds": vars(self.thresholds).copy()}
+        if self.dynamic is not None:
+            state["dynamic"] = [d.state_dict() for d in self.dynamic]
+        return state
+
+    def load_state_dict_extra(self, state: dict) -> None:
+        self.thresholds = Thresholds(**state["thresholds"])
+        if self.dynamic is not None and "dynamic" in state:
+            for tracker, saved in zip(self.dynamic, state["dynamic"]):
+                tracker.load_state_dict(saved)
+
+
+def supervised_loss(online: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    """`--supervision full`: cross-entropy of the segmentation stream on ground-truth masks (the upper bound)."""
+    out = online(batch["strong"])
+    seg = F.interpolate(out.seg, size=batch["strong"].shape[-2:], mode="bilinear", align_corners=False)
+    mask = batch["mask"]
+    if bool((mask == 255).all()):
+        loss = seg.sum() * 0.0
+    else:
+        loss = F.cross_entropy(seg, mask, ignore_index=255)
+    return loss, {"seg_ce": loss.item()}
+
+
+def _roi(box: torch.Tensor, size: torch.Size, device: torch.device) -> torch.Tensor:
+    """1 inside each image's valid box (y0, y1, x0, x1), 0 on the padding."""
+    h, w = size
+    ys = torch.arange(h, device=device)[None, :, None]
+    xs = torch.arange(w, device=device)[None, None, :]
+    box = box.to(device)
+    inside = (ys >= box[:, 0, None, None]) & (ys < box[:, 1, None, None]) & \
+        (xs >= box[:, 2, None, None]) & (xs < box[:, 3, None, None])
+    return inside.float()
