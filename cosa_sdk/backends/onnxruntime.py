@@ -1,0 +1,110 @@
+"""ONNX Runtime backend: CUDA when the session really got it, else CPU (fp32 or the INT8 model)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosa_sdk.backends.base import Backend
+from cosa_sdk.errors import CosaModelError
+
+CUDA = "CUDAExecutionProvider"
+CPU = "CPUExecutionProvider"
+ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16}
+
+
+def _ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as err:
+        raise CosaModelError(
+            'ONNX Runtime is not installed: pip install "cosa-sdk[cpu]" (or "cosa-sdk[gpu]" for CUDA)'
+        ) from err
+    return onnxruntime
+
+
+def default_providers() -> list[str]:
+    """CUDA first when this ONNX Runtime build has it, CPU always as the fallback."""
+    available = _ort().get_available_providers()
+    return [CUDA, CPU] if CUDA in available else [CPU]
+
+
+def create_session(path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None) -> Any:
+    """An InferenceSession with full graph optimisation; load failures become CosaModelError."""
+    ort = _ort()
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.log_severity_level = 3
+    if threads:
+        options.intra_op_num_threads = int(threads)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or default_providers()))
+    except Exception as err:  # ORT raises its own pybind exception types
+        raise CosaModelError(
+            f"ONNX Runtime cannot load {path}: {str(err).strip()[:300]}; the file is damaged or was not written "
+            "by `cosa export` (re-export it)"
+        ) from err
+
+
+def _pick(items: Sequence[Any], wanted: str, what: str, path: Path) -> Any:
+    for item in items:
+        if item.name == wanted:
+            return item
+    if len(items) == 1:
+        return items[0]
+    names = [item.name for item in items]
+    raise CosaModelError(f"{path} has no {what} named {wanted!r} (it has {names}); fix the 'onnx' key in cosa.json")
+
+
+class OnnxRuntimeBackend(Backend):
+    """One InferenceSession; `run` is thread-safe because ONNX Runtime sessions are."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        name: str = "onnxruntime",
+        input_name: str = "image",
+        output_name: str = "logits",
+        providers: Sequence[str] | None = None,
+        threads: int | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.name = name
+        self.session = create_session(self.path, providers=providers, threads=threads)
+        self.providers = list(self.session.get_providers())
+        self.device = "cuda" if CUDA in self.providers else "cpu"
+        graph_input = _pick(self.session.get_inputs(), input_name, "input", self.path)
+        graph_output = _pick(self.session.get_outputs(), output_name, "output", self.path)
+        self.input_name, self.output_name = graph_input.name, graph_output.name
+        self.input_dtype = ORT_DTYPES.get(graph_input.type)
+        shape = list(graph_input.shape)
+        bad_channels = len(shape) == 4 and isinstance(shape[1], int) and shape[1] != 3
+        if self.input_dtype is None or len(shape) != 4 or bad_channels:
+            raise CosaModelError(
+                f"{self.path} takes {graph_input.type} {shape}; a cosa model takes float images N x 3 x H x W "
+                "(re-export it with `cosa export`)"
+            )
+        self.fixed_batch = shape[0] if isinstance(shape[0], int) else None
+        spatial = shape[2:]
+        self.fixed_size = (spatial[0], spatial[1]) if all(isinstance(s, int) for s in spatial) else None
+        out_shape = list(graph_output.shape)
+        self.num_outputs = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
+
+    @property
+    def metadata(self) -> dict[str, str]:
+        return dict(self.session.get_modelmeta().custom_metadata_map)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        feed = {self.input_name: batch.astype(self.input_dtype, copy=False)}
+        try:
+            (logits,) = self.session.run([self.output_name], feed)
+        except Exception as err:  # ORT raises its own pybind exception types
+            raise CosaModelError(f"ONNX Runtime failed on a {tuple(batch.shape)} batch: {err}") from err
+        return logits.astype(np.float32, copy=False)
+
+    def describe(self) -> dict[str, object]:
+        return {**super().describe(), "providers": self.providers, "path": str(self.path)}

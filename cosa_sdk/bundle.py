@@ -1,0 +1,280 @@
+"""Reading and validating a model bundle: a folder with cosa.json, or a lone .onnx carrying it as metadata.
+
+Nothing in a bundle is ever unpickled: weights are safetensors, ONNX or a TensorRT plan, and every
+artifact name must stay inside the bundle folder.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any
+
+from cosa_sdk.errors import CosaModelError
+from cosa_sdk.palette import RGB, complete_palette
+
+BUNDLE_FORMAT = "cosa-bundle"
+BUNDLE_VERSION = 1
+CONFIG_NAME = "cosa.json"
+METADATA_KEY = "cosa.json"
+DEFAULT_TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
+ARTIFACT_HINTS = {
+    "onnx": "cosa export RUN_DIR/best.pt --out BUNDLE",
+    "onnx_int8": "cosa export RUN_DIR/best.pt --out BUNDLE --int8",
+    "tensorrt": "cosa export RUN_DIR/best.pt --out BUNDLE --tensorrt --fp16 (on the GPU that will run it)",
+    "torch": "cosa export RUN_DIR/best.pt --out BUNDLE",
+}
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """Names and shape policy of the ONNX graph (cosa.json "onnx" key)."""
+
+    input: str = "image"
+    output: str = "logits"
+    dynamic: bool = False
+    opset: int | None = None
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated cosa.json plus where its artifacts live."""
+
+    source: Path
+    root: Path
+    classes: tuple[str, ...]
+    input_size: tuple[int, int]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    palette: tuple[RGB, ...]
+    artifacts: dict[str, str]
+    patch_size: int = 16
+    tta_scales: tuple[float, ...] = DEFAULT_TTA_SCALES
+    onnx: OnnxInfo = field(default_factory=OnnxInfo)
+    name: str = ""
+    config: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def num_classes(self) -> int:
+        """K: output channels of the model, background included."""
+        return len(self.classes)
+
+    def has(self, key: str) -> bool:
+        """True when the artifact is listed in cosa.json and its file exists."""
+        return key in self.artifacts and (self.root / self.artifacts[key]).is_file()
+
+    def artifact(self, key: str) -> Path:
+        """Path of a listed artifact; CosaModelError naming the export command when it is absent."""
+        hint = ARTIFACT_HINTS.get(key, "cosa export")
+        if key not in self.artifacts:
+            raise CosaModelError(
+                f"the bundle {self.source} has no {key!r} artifact (it lists {sorted(self.artifacts)}); "
+                f"create it with `{hint}` or choose another backend"
+            )
+        path = self.root / self.artifacts[key]
+        if not path.is_file():
+            raise CosaModelError(
+                f"{self.source} lists {key!r} as {self.artifacts[key]!r} but {path} is missing; "
+                f"copy the whole bundle folder or re-create it with `{hint}`"
+            )
+        return path
+
+
+def read_bundle(path: str | Path) -> Bundle:
+    """Read a bundle folder, its cosa.json, or a lone .onnx file whose metadata holds cosa.json."""
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise CosaModelError(
+            f"model bundle {str(path)!r} not found: pass the folder written by `cosa export` "
+            "(it holds cosa.json) or a .onnx file exported by cosa-sdk"
+        )
+    if path.is_dir():
+        config_path = path / CONFIG_NAME
+        if not config_path.is_file():
+            raise CosaModelError(
+                f"{path} is not a cosa bundle: it has no {CONFIG_NAME}; pass the folder written by "
+                "`cosa export`, or a .onnx file exported by cosa-sdk"
+            )
+        return bundle_from_config(_read_json(config_path), source=config_path, root=path)
+    if path.suffix.lower() == ".json":
+        return bundle_from_config(_read_json(path), source=path, root=path.parent)
+    if path.suffix.lower() == ".onnx":
+        return bundle_from_onnx_metadata(read_onnx_metadata(path), path)
+    raise CosaModelError(
+        f"{path} is neither a bundle folder, a cosa.json nor a .onnx file; pass the folder written by `cosa export`"
+    )
+
+
+def read_onnx_metadata(path: Path) -> dict[str, str]:
+    """The metadata_props of an ONNX file, read through ONNX Runtime (no `onnx` package needed)."""
+    from cosa_sdk.backends.onnxruntime import create_session
+
+    return dict(create_session(path, providers=["CPUExecutionProvider"]).get_modelmeta().custom_metadata_map)
+
+
+def bundle_from_onnx_metadata(metadata: dict[str, str], onnx_path: Path) -> Bundle:
+    """A one-artifact bundle from a lone .onnx file: its cosa.json comes from the metadata."""
+    text = metadata.get(METADATA_KEY)
+    if text is None:
+        raise CosaModelError(
+            f"{onnx_path} has no {METADATA_KEY!r} metadata, so its classes and normalisation are unknown; "
+            "load the bundle folder it came from, or re-export it with `cosa export`"
+        )
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise CosaModelError(f"the {METADATA_KEY!r} metadata of {onnx_path} is not valid JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise CosaModelError(f"the {METADATA_KEY!r} metadata of {onnx_path} is not a JSON object")
+    config = {**config, "artifacts": {"onnx": onnx_path.name}}
+    return bundle_from_config(config, source=onnx_path, root=onnx_path.parent)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as err:
+        raise CosaModelError(
+            f"{path} is not valid JSON (line {err.lineno}, column {err.colno}: {err.msg}); "
+            "re-create the bundle with `cosa export`"
+        ) from err
+    except (OSError, UnicodeDecodeError) as err:
+        raise CosaModelError(f"cannot read {path}: {err}") from err
+    if not isinstance(config, dict):
+        raise CosaModelError(f"{path} must hold a JSON object, found {type(config).__name__}")
+    return config
+
+
+class _Checker:
+    """Field checks that raise CosaModelError naming the file and the key."""
+
+    def __init__(self, config: dict[str, Any], source: Path) -> None:
+        self.config = config
+        self.source = source
+
+    def fail(self, key: str, problem: str) -> CosaModelError:
+        return CosaModelError(f"{self.source}: {key!r} {problem}; re-create the bundle with `cosa export`")
+
+    def require(self, key: str) -> Any:
+        if key not in self.config:
+            raise self.fail(key, "is missing")
+        return self.config[key]
+
+    def numbers(self, key: str, count: int, low: float, high: float, *, open_low: bool = False) -> tuple:
+        value = self.require(key)
+        ok = isinstance(value, list) and len(value) == count and all(_is_number(v) for v in value)
+        ok = ok and all((low < v if open_low else low <= v) and v <= high for v in value)
+        if not ok:
+            raise self.fail(key, f"must be {count} numbers in {low}-{high} (the 0-1 pixel scale), got {value!r}")
+        return tuple(float(v) for v in value)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _check_header(check: _Checker) -> None:
+    fmt = check.config.get("format")
+    if fmt != BUNDLE_FORMAT:
+        raise CosaModelError(
+            f"{check.source}: 'format' is {fmt!r}, expected {BUNDLE_FORMAT!r}: this is not a cosa-sdk bundle; "
+            "create one with `cosa export`"
+        )
+    version = check.config.get("version")
+    if not _is_count(version):
+        raise check.fail("version", f"must be a positive integer, got {version!r}")
+    if version > BUNDLE_VERSION:
+        raise CosaModelError(
+            f"{check.source}: bundle version {version} is newer than this cosa-sdk reads "
+            f"(version {BUNDLE_VERSION}); upgrade with `pip install -U cosa-sdk`"
+        )
+
+
+def _check_classes(check: _Checker) -> tuple[str, ...]:
+    classes = check.require("classes")
+    if not isinstance(classes, list) or not all(isinstance(c, str) and c for c in classes):
+        raise check.fail("classes", "must be a list of class names, index 0 = background")
+    if not 2 <= len(classes) <= 256:
+        raise check.fail("classes", f"must hold 2 to 256 names (background first), got {len(classes)}")
+    if len(set(classes)) != len(classes):
+        raise check.fail("classes", "has duplicate names")
+    return tuple(classes)
+
+
+def _check_input_size(check: _Checker) -> tuple[int, int]:
+    size = check.require("input_size")
+    if _is_count(size):
+        size = [size, size]
+    if not (isinstance(size, list) and len(size) == 2 and all(_is_count(v) for v in size)):
+        raise check.fail("input_size", f"must be [height, width] in pixels, got {size!r}")
+    return int(size[0]), int(size[1])
+
+
+def _safe_artifact_name(check: _Checker, key: str, name: Any, root: Path) -> str:
+    if not isinstance(name, str) or not name.strip():
+        raise check.fail("artifacts", f"entry {key!r} must be a file name, got {name!r}")
+    for pure in (PurePosixPath(name), PureWindowsPath(name)):
+        if pure.is_absolute() or pure.drive or pure.root or ".." in pure.parts:
+            raise CosaModelError(
+                f"{check.source}: artifact {key!r} = {name!r} points outside the bundle folder; artifact "
+                "names must be plain file names inside the bundle (e.g. 'model.onnx')"
+            )
+    resolved = (root / name).resolve()
+    if resolved.exists() and not resolved.is_relative_to(root.resolve()):
+        raise CosaModelError(
+            f"{check.source}: artifact {key!r} = {name!r} is a link to a file outside the bundle folder; "
+            "copy the file into the bundle instead"
+        )
+    return name
+
+
+def _check_artifacts(check: _Checker, root: Path) -> dict[str, str]:
+    artifacts = check.require("artifacts")
+    if not isinstance(artifacts, dict) or not artifacts:
+        raise check.fail("artifacts", "must map artifact kinds to file names, e.g. {'onnx': 'model.onnx'}")
+    return {str(k): _safe_artifact_name(check, str(k), v, root) for k, v in artifacts.items()}
+
+
+def _check_onnx(check: _Checker) -> OnnxInfo:
+    info = check.config.get("onnx") or {}
+    if not isinstance(info, dict):
+        raise check.fail("onnx", "must be an object like {'input': 'image', 'output': 'logits', 'dynamic': false}")
+    names = {k: info.get(k, default) for k, default in (("input", "image"), ("output", "logits"))}
+    if not all(isinstance(v, str) and v for v in names.values()):
+        raise check.fail("onnx", f"input/output must be tensor names, got {names!r}")
+    opset = info.get("opset")
+    return OnnxInfo(dynamic=bool(info.get("dynamic", False)), opset=opset if _is_count(opset) else None, **names)
+
+
+def bundle_from_config(config: dict[str, Any], *, source: Path, root: Path) -> Bundle:
+    """Validate a parsed cosa.json; every problem is a CosaModelError naming the key and the fix."""
+    check = _Checker(config, source)
+    _check_header(check)
+    classes = _check_classes(check)
+    patch = config.get("patch_size", 16)
+    if not _is_count(patch):
+        raise check.fail("patch_size", f"must be a positive integer, got {patch!r}")
+    scales = config.get("tta_scales") or list(DEFAULT_TTA_SCALES)
+    if not (isinstance(scales, list) and scales and all(_is_number(s) and 0 < s <= 8 for s in scales)):
+        raise check.fail("tta_scales", f"must be a list of positive scale factors, got {scales!r}")
+    return Bundle(
+        source=source,
+        root=root,
+        classes=classes,
+        input_size=_check_input_size(check),
+        mean=check.numbers("mean", 3, 0.0, 1.0),
+        std=check.numbers("std", 3, 0.0, 1.0, open_low=True),
+        palette=tuple(complete_palette(config.get("palette"), len(classes))),
+        artifacts=_check_artifacts(check, root),
+        patch_size=int(patch),
+        tta_scales=tuple(float(s) for s in scales),
+        onnx=_check_onnx(check),
+        name=str(config.get("name") or root.name or source.stem),
+        config=config,
+    )

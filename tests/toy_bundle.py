@@ -1,0 +1,174 @@
+"""A real, tiny model bundle for SDK tests: cosa.json + model.onnx exported with torch.
+
+The default model segments by colour: reddish pixels -> class 1, greenish -> class 2 (and bluish ->
+class 3 when a fourth class is given), everything else -> class 0. It is a 1x1 convolution on the
+de-normalised pixels, a 4x4 average pool (a coarse "stride" like a real backbone) and a bilinear
+upsample back to the input size, so its logits behave like a SegmentationStream's.
+
+`with_torch=True` instead builds a tiny random `SegmentationStream` (needs `training/network.py`)
+and writes it as both model.safetensors and model.onnx, so the torch and ONNX backends can be
+compared; its masks carry no colour meaning.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+TINY_STREAM_CONFIG: dict[str, Any] = {
+    "backbone": "vit_tiny_patch16_224",
+    "num_classes": 2,
+    "decoder_channels": 16,
+    "backbone_kwargs": {"img_size": 64, "depth": 3},
+}
+
+
+class ColourNet(nn.Module):
+    """Normalised images -> colour-class logits at the input size."""
+
+    def __init__(self, num_classes: int, *, pool: int = 4) -> None:
+        super().__init__()
+        self.pool = pool
+        self.conv = nn.Conv2d(3, num_classes, 1)
+        weight = torch.zeros(num_classes, 3)
+        bias = torch.zeros(num_classes)
+        for k in range(1, num_classes):
+            channel = (k - 1) % 3
+            weight[k] = -1.0
+            weight[k, channel] = 2.0
+            bias[k] = -0.5 if k <= 3 else -10.0
+        # fold the normalisation in: the scores are linear in the 0-1 pixel values
+        std, mean = torch.tensor(STD), torch.tensor(MEAN)
+        with torch.no_grad():
+            self.conv.weight.copy_((weight * std).view(num_classes, 3, 1, 1))
+            self.conv.bias.copy_(bias + weight @ mean)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        coarse = F.avg_pool2d(self.conv(images), self.pool, ceil_mode=True)
+        return F.interpolate(coarse, size=images.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def bundle_config(
+    classes: Sequence[str], input_size: Sequence[int], *, dynamic: bool, artifacts: dict[str, str]
+) -> dict[str, Any]:
+    return {
+        "format": "cosa-bundle",
+        "version": 1,
+        "name": "toy",
+        "classes": list(classes),
+        "input_size": list(input_size),
+        "mean": list(MEAN),
+        "std": list(STD),
+        "palette": [[0, 0, 0], [200, 0, 0], [0, 200, 0], [0, 0, 200]][: len(classes)],
+        "backbone": "toy-colour",
+        "patch_size": 8,
+        "tta_scales": [1.0, 0.5, 1.5, 0.75, 1.25],
+        "artifacts": artifacts,
+        "onnx": {"input": "image", "output": "logits", "dynamic": dynamic, "opset": 17},
+        "created_by": "tests/toy_bundle.py",
+    }
+
+
+def export_onnx(
+    model: nn.Module,
+    path: Path,
+    input_size: Sequence[int],
+    *,
+    dynamic: bool,
+    metadata: str,
+    fixed_batch: int | None = None,
+) -> None:
+    """Export with the TorchScript exporter (opset 17) and store cosa.json in metadata_props.
+
+    dynamic: height and width are free. The batch axis is free unless `fixed_batch` is given.
+    """
+    import onnx
+
+    example = torch.zeros(fixed_batch or 1, 3, *input_size)
+    spatial = {2: "height", 3: "width"} if dynamic else {}
+    batch = {} if fixed_batch else {0: "batch"}
+    axes = {"image": {**batch, **spatial}, "logits": {**batch, **spatial}}
+    torch.onnx.export(
+        model.eval(),
+        (example,),
+        str(path),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes=axes,
+        opset_version=17,
+        dynamo=False,
+    )
+    proto = onnx.load(str(path))
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = "cosa.json", metadata
+    onnx.save(proto, str(path))
+
+
+def make_toy_bundle(
+    path: str | Path,
+    *,
+    classes: Sequence[str] = ("background", "red", "green"),
+    input_size: Sequence[int] = (64, 64),
+    dynamic: bool = False,
+    int8: bool = False,
+    with_torch: bool = False,
+    fixed_batch: int | None = None,
+) -> Path:
+    """Write a bundle folder at `path` (created) and return it.
+
+    dynamic: free height and width (for multi-scale TTA); otherwise a fixed input size. The batch
+    axis is free unless `fixed_batch` is given.
+    """
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    artifacts = {"onnx": "model.onnx"}
+    extra: dict[str, Any] = {}
+    if with_torch:
+        from safetensors.torch import save_file
+
+        from cosa_sdk.training.network import SegmentationStream
+
+        torch.manual_seed(0)
+        classes = ("background", "thing", "other")
+        model: nn.Module = SegmentationStream.from_config(TINY_STREAM_CONFIG).eval()
+        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
+        artifacts["torch"] = "model.safetensors"
+        extra["model_config"] = TINY_STREAM_CONFIG
+    else:
+        model = ColourNet(len(classes))
+    if int8:
+        artifacts["onnx_int8"] = "model.int8.onnx"
+    config = {**bundle_config(classes, input_size, dynamic=dynamic, artifacts=artifacts), **extra}
+    text = json.dumps(config, indent=2)
+    export_onnx(model, root / "model.onnx", input_size, dynamic=dynamic, metadata=text, fixed_batch=fixed_batch)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        quantize_dynamic(str(root / "model.onnx"), str(root / "model.int8.onnx"), weight_type=QuantType.QUInt8)
+    (root / "cosa.json").write_text(text)
+    return root
+
+
+_CACHE: dict[tuple, Path] = {}
+
+
+def cached_toy_bundle(**options: Any) -> Path:
+    """`make_toy_bundle` once per process and option set, in a temporary folder; do not modify it."""
+    import atexit
+    import shutil
+    import tempfile
+
+    key = tuple(sorted((k, tuple(v) if isinstance(v, list | tuple) else v) for k, v in options.items()))
+    if key not in _CACHE:
+        folder = tempfile.mkdtemp(prefix="cosa-toy-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        _CACHE[key] = make_toy_bundle(Path(folder) / "bundle", **options)
+    return _CACHE[key]
