@@ -135,6 +135,7 @@ class Trainer:
             "preset": self.preset_name,
             "config": self.config.to_dict(),
             "backbone_weights": self.config.backbone_weights,
+            "backbone_weights_info": getattr(self.online.backbone.model, "cosa_weights_info", None),
             "online": self.online.state_dict(),
             "selected": self.last_metrics.get("selected", "assignment" if self.assignment is not None else "online"),
             "iteration": self.step,

@@ -38,7 +38,7 @@ class LargeFOV(nn.Module):
         return self.conv8(F.relu(self.conv7(F.relu(self.conv6(features)))))
 
 
-def _config_defaults(
+def network_config(
     *,
     backbone: str,
     num_classes: int,
@@ -48,6 +48,7 @@ def _config_defaults(
     freeze_blocks: int = 0,
     backbone_kwargs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
+    """The JSON-able architecture description that `CoSANetwork.from_config` rebuilds."""
     return {
         "backbone": backbone,
         "num_classes": int(num_classes),
@@ -79,7 +80,7 @@ class CoSANetwork(nn.Module):
         backbone_kwargs: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        self.config = _config_defaults(
+        self.config = network_config(
             backbone=backbone, num_classes=num_classes, aux_layer=aux_layer, decoder_channels=decoder_channels,
             dilation=dilation, freeze_blocks=freeze_blocks, backbone_kwargs=backbone_kwargs,
         )

@@ -231,7 +231,7 @@ def import_official_checkpoint(
     (auto: the file's `s_or_t`, teacher when absent).
     """
     from cosa_sdk.palette import voc_colormap
-    from cosa_sdk.training.network import _config_defaults
+    from cosa_sdk.training.network import network_config
 
     path = Path(path)
     state, meta = split_official(read_official_file(path), source=str(path))
@@ -244,7 +244,7 @@ def import_official_checkpoint(
         raise CosaModelError(f"{path}: args.aux_layer={aux_layer!r} is not a block index of a {DEPTH}-block ViT")
     s_or_t = str(meta.get("s_or_t", "unknown"))
     key = _network_key(network, s_or_t)
-    model_config = _config_defaults(
+    model_config = network_config(
         backbone=BACKBONE, num_classes=num_classes, aux_layer=aux_layer,
         decoder_channels=DECODER_CHANNELS, dilation=DILATION,
     )
