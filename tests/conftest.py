@@ -11,7 +11,7 @@ os.environ["BENTOML_DO_NOT_TRACK"] = "true"
 os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="cosa-bentoml-"))
 os.environ.setdefault("MPLBACKEND", "Agg")
 
-import pytest  # noqa: E402
+import pytest
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 

@@ -62,6 +62,8 @@ class TrainConfig:
     # the paper's three techniques (absent or off in the released code)
     dynamic_threshold: bool = False
     gmm_queue_rows_per_image: int = 100
+    gmm_max_samples: int | None = 32768
+    gmm_fit_every: int = 4
     perplexity: bool = False
     perplexity_beta: float = 1.0
     contrastive: bool = False
@@ -105,7 +107,8 @@ class TrainConfig:
         return {k: (mine[k], theirs[k]) for k in mine if k not in RUNTIME_KEYS and mine[k] != theirs[k]}
 
 
-OFFICIAL = TrainConfig(aux_last_scale_only=True, independent_assignment_heads=True)
+OFFICIAL = TrainConfig(aux_last_scale_only=True, independent_assignment_heads=True, gmm_max_samples=None,
+                      gmm_fit_every=1)
 
 PRESETS: dict[str, TrainConfig] = {
     # bit-for-bit the released VOC code path, quirks included

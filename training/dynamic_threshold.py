@@ -5,11 +5,12 @@ fits a 1-D three-component Gaussian mixture (sklearn) to the buffered values abo
 the largest value assigned to the low component and the smallest value assigned to the high
 component are the raw (low, high) thresholds, smoothed by an exponential moving average.
 
-Cost: the exact fit on a VOC-sized buffer (400 rows x 784 values) takes about 1.4 s on one CPU core
-(~35 EM steps over ~2e5 values), too slow for every training step. Two documented options make it
-cheap: ``max_samples`` fits on a fixed random subset of buffer positions (32768 positions: ~0.13 s,
-thresholds within ~2e-3 of the exact fit before smoothing) and ``fit_every=k`` refits every k-th
-update with momentum ``momentum ** k`` so the smoothing time constant stays the same. With
+Cost (one CPU core, a VOC-sized buffer of 400 rows x 784 values): the exact fit takes 0.2-1.4 s
+(mean ~0.3 s on CAM-like data; it grows with the number of EM steps), too slow for every training
+step. Two documented options make it cheap: ``max_samples`` fits on a fixed random subset of buffer
+positions (32768 positions: ~25 ms per update, raw thresholds within ~2e-3 of the exact fit before
+the 0.99 smoothing) and ``fit_every=k`` refits every k-th update with momentum ``momentum ** k`` so
+the smoothing time constant stays the same (k = 4: ~10 ms per update on average). With
 ``max_samples=None, fit_every=1`` (the defaults) the behaviour is exactly the spec's.
 """
 
@@ -20,7 +21,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaConfigError, CosaInputError
 
@@ -60,6 +60,21 @@ def gmm_thresholds(values: np.ndarray, *, filter_thre: float = 0.05) -> tuple[fl
     if low_part.size == 0 or high_part.size == 0:
         raise CosaInputError("the GMM left its low or high component empty; the values are not tri-modal.")
     return float(low_part.max()), float(high_part.min())
+
+
+def shrink_bilinear(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The values of ``F.interpolate(x, size, mode="bilinear", align_corners=False)`` computed from the
+    two source rows/columns each output reads: about 4x faster on CPU for a 448 -> 28 shrink."""
+    for dim, n_out in ((2, size[0]), (3, size[1])):
+        n_in = x.shape[dim]
+        src = ((torch.arange(n_out, dtype=torch.float64, device=x.device) + 0.5) * (n_in / n_out) - 0.5).clamp_min(0)
+        i0 = src.floor().long().clamp(max=n_in - 1)
+        frac = (src - i0).to(x.dtype)
+        shape = [1] * x.dim()
+        shape[dim] = n_out
+        lo, hi = x.index_select(dim, i0), x.index_select(dim, (i0 + 1).clamp(max=n_in - 1))
+        x = lo + (hi - lo) * frac.view(shape)
+    return x
 
 
 class DynamicThreshold:
@@ -121,7 +136,7 @@ class DynamicThreshold:
             raise CosaInputError("valid_cams must be a B x C x H x W tensor of normalised, label-masked CAMs.")
         g = self.grid_size
         with torch.no_grad():
-            small = F.interpolate(valid_cams.float(), size=(g, g), mode="bilinear", align_corners=False)
+            small = shrink_bilinear(valid_cams.float(), (g, g))
             return small.amax(dim=1).reshape(valid_cams.shape[0], g * g).cpu().double().numpy()
 
     def push_rows(self, rows: np.ndarray) -> None:

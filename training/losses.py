@@ -61,8 +61,7 @@ def balanced_seg_loss(
     if pixel_weights is not None:
         if tuple(pixel_weights.shape) != tuple(labels.shape):
             raise CosaInputError(
-                f"pixel_weights must match the labels' shape {tuple(labels.shape)}, "
-                f"got {tuple(pixel_weights.shape)}."
+                f"pixel_weights must match the labels' shape {tuple(labels.shape)}, got {tuple(pixel_weights.shape)}."
             )
         ce = ce * pixel_weights.to(ce.dtype)
     bg = valid & (labels == 0)

@@ -51,8 +51,10 @@ class ConfusionMatrix:
         keep = (g >= 0) & (g < k)
         p, g = p[keep], g[keep]
         if p.size and (p.min() < 0 or p.max() >= k):
-            raise CosaInputError(f"pred holds class index {int(p.min() if p.min() < 0 else p.max())} "
-                                 f"outside [0, {k}); check num_classes.")
+            raise CosaInputError(
+                f"pred holds class index {int(p.min() if p.min() < 0 else p.max())} "
+                f"outside [0, {k}); check num_classes."
+            )
         self._matrix += np.bincount(g * k + p, minlength=k * k).reshape(k, k)
         return self
 

@@ -27,7 +27,7 @@ from cosa_sdk.errors import CosaInputError
 
 def _entropy(logits: torch.Tensor, dim: int) -> torch.Tensor:
     log_q = torch.log_softmax(logits, dim=dim)
-    return -(log_q.exp() * torch.nan_to_num(log_q, neginf=0.0)).sum(dim=dim)
+    return -(log_q.exp() * log_q).sum(dim=dim)
 
 
 def _threshold_map(bg_threshold: float | torch.Tensor, b: int, h: int, w: int, ref: torch.Tensor) -> torch.Tensor:
@@ -65,12 +65,14 @@ def perplexity_weights(
         cams = valid_cams.float()
         t = _threshold_map(bg_threshold, b, h, w, cams)
         present = cls_labels.to(cams.device) != 0
-        keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=cams.device), present], dim=1)
-        logits = torch.cat([t, cams], dim=1).masked_fill(~keep[:, :, None, None], float("-inf"))
-        pp = _entropy(logits / temperature, dim=1).exp()
-
-        # Reference one-hot pixel: the threshold, one present class at 1, the other present classes at 0.
-        one_hot = (present & (present.cumsum(dim=1) == 1)).to(cams.dtype)[:, :, None, None].expand(b, c, h, w)
-        ref = torch.cat([t, one_hot], dim=1).masked_fill(~keep[:, :, None, None], float("-inf"))
-        pp_ref = _entropy(ref / temperature, dim=1).exp()
-        return (pp_ref / pp).clamp(max=1.0) ** beta
+        weights = torch.empty(b, h, w, device=cams.device)
+        for i in range(b):
+            # Only background + present classes take part, which also keeps the cost low.
+            keys = torch.nonzero(present[i])[:, 0]
+            pp = _entropy(torch.cat([t[i], cams[i, keys]]) / temperature, dim=0).exp()
+            # Reference one-hot pixel: the threshold, one present class at 1, the others at 0.
+            one_hot = torch.zeros(keys.numel(), 1, 1, device=cams.device)
+            one_hot[:1] = 1.0
+            ref = torch.cat([t[i], one_hot.expand(-1, h, w)]) / temperature
+            weights[i] = (_entropy(ref, dim=0).exp() / pp).clamp(max=1.0) ** beta
+        return weights

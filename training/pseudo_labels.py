@@ -66,6 +66,8 @@ def valid_cams(cams: torch.Tensor, cls_labels: torch.Tensor) -> torch.Tensor:
 def _split_outputs(out: object) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
     if isinstance(out, torch.Tensor):
         return None, None, out
+    if hasattr(out, "cam") and hasattr(out, "seg"):  # e.g. the network's CoSAOutput
+        return out.cam, getattr(out, "aux_cam", None), out.seg
     if isinstance(out, Sequence) and len(out) == 3:
         return out[0], out[1], out[2]
     raise CosaInputError(
@@ -86,8 +88,9 @@ def teacher_fusion(
     Each scale runs the image and its mirror as one batched forward of 2B images. CAMs: max over the
     flip pair, ReLU, sum over scales, per-class min-max normalisation. Aux CAM: the same, except that
     ``aux_last_scale_only=True`` keeps only the last scale (the official code's behaviour). Seg: the sum
-    of all 2 x len(scales) logit maps. ``forward(x)`` returns ``(cam, aux_cam, seg)`` (any may be None)
-    or just the seg logits, at any resolution; outputs are resized back to the input size.
+    of all 2 x len(scales) logit maps. ``forward(x)`` returns ``(cam, aux_cam, seg)`` (any may be None),
+    an object with ``cam`` / ``aux_cam`` / ``seg`` fields (the network's ``CoSAOutput``) or just the seg
+    logits, at any resolution; outputs are resized back to the input size.
     """
     _check_4d("images", images)
     if len(scales) == 0:

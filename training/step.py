@@ -52,12 +52,12 @@ class CoSALosses(nn.Module):
         )
         self.dynamic: tuple[DynamicThreshold, DynamicThreshold] | None = None
         if config.dynamic_threshold:
-            rows = config.batch_size * config.gmm_queue_rows_per_image
+            common = {"queue_rows": config.batch_size * config.gmm_queue_rows_per_image, "grid_size": grid_size,
+                      "max_samples": config.gmm_max_samples, "fit_every": config.gmm_fit_every}
             self.dynamic = (
-                DynamicThreshold(queue_rows=rows, grid_size=grid_size, init_low=config.t_low,
-                                 init_high=config.t_high, seed=config.seed),
-                DynamicThreshold(queue_rows=rows, grid_size=grid_size, init_low=config.aux_t_low,
-                                 init_high=config.aux_t_high, seed=config.seed + 1),
+                DynamicThreshold(init_low=config.t_low, init_high=config.t_high, seed=config.seed, **common),
+                DynamicThreshold(init_low=config.aux_t_low, init_high=config.aux_t_high, seed=config.seed + 1,
+                                 **common),
             )
         self.thresholds = Thresholds(config.t_high, config.t_low, config.aux_t_high, config.aux_t_low)
 
