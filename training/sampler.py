@@ -8,15 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-import numpy as np
 from torch.utils.data import Sampler
+
+from cosa_sdk.training.data.sampling import TrainKeySampler
 
 
 class StepBatchSampler(Sampler[list[int]]):
     """Yields, for steps start_step .. total_steps-1, this rank's batch of dataset keys.
 
-    Epoch e visits a fresh permutation of the N samples; the key of sample i in epoch e is e*N + i, so
-    `key % N` is the sample and the key itself seeds the augmentation.
+    The keys come from one global `TrainKeySampler` stream (epoch e visits a fresh permutation; the
+    key of sample i in epoch e is e*N + i), split into consecutive batches across steps and ranks.
     """
 
     def __init__(
@@ -35,20 +36,12 @@ class StepBatchSampler(Sampler[list[int]]):
         self.num_samples, self.batch_size = num_samples, batch_size
         self.total_steps, self.start_step = total_steps, start_step
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._permutations: dict[int, np.ndarray] = {}
-
-    def _permutation(self, epoch: int) -> np.ndarray:
-        if epoch not in self._permutations:
-            self._permutations = {epoch: np.random.default_rng([self.seed, epoch]).permutation(self.num_samples)}
-        return self._permutations[epoch]
+        self._stream = TrainKeySampler(num_samples, seed=seed)
 
     def keys_for_step(self, step: int) -> list[int]:
+        """Positions of the global key stream: step-major, then rank, then slot within the batch."""
         first = (step * self.world_size + self.rank) * self.batch_size
-        keys = []
-        for position in range(first, first + self.batch_size):
-            epoch, offset = divmod(position, self.num_samples)
-            keys.append(epoch * self.num_samples + int(self._permutation(epoch)[offset]))
-        return keys
+        return [self._stream.key(position) for position in range(first, first + self.batch_size)]
 
     def __iter__(self) -> Iterator[list[int]]:
         for step in range(self.start_step, self.total_steps):

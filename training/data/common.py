@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cosa_sdk.errors import CosaDataError
+from cosa_sdk.palette import voc_colormap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -43,18 +44,8 @@ class ItemIndex:
 
 
 def voc_palette(num_entries: int) -> list[list[int]]:
-    """The standard PASCAL VOC colour map (bit-interleaved), index 0 black; works for up to 256 entries."""
-    palette = []
-    for index in range(num_entries):
-        r = g = b = 0
-        value = index
-        for shift in range(7, -1, -1):
-            r |= (value & 1) << shift
-            g |= ((value >> 1) & 1) << shift
-            b |= ((value >> 2) & 1) << shift
-            value >>= 3
-        palette.append([r, g, b])
-    return palette
+    """The standard PASCAL VOC colour map (the SDK's), index 0 black, as lists for JSON."""
+    return [list(colour) for colour in voc_colormap(num_entries)]
 
 
 def cache_dir() -> Path:

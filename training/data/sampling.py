@@ -23,19 +23,26 @@ class TrainKeySampler(Sampler[int]):
         self.seed = seed
         self.start = start
         self.num_keys = num_keys
+        self._cached_epoch: int | None = None
+        self._cached = np.empty(0, dtype=np.int64)
+
+    def permutation(self, epoch: int) -> np.ndarray:
+        """The visiting order of one epoch (the last one is cached: consecutive positions share it)."""
+        if self._cached_epoch != epoch:
+            self._cached = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
+            self._cached_epoch = epoch
+        return self._cached
 
     def key(self, position: int) -> int:
         """The key at a position of the stream."""
         epoch, offset = divmod(position, self.num_images)
-        perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
-        return epoch * self.num_images + int(perm[offset])
+        return epoch * self.num_images + int(self.permutation(epoch)[offset])
 
     def __iter__(self) -> Iterator[int]:
         position = self.start
         while self.num_keys is None or position < self.num_keys:
             epoch, offset = divmod(position, self.num_images)
-            perm = np.random.default_rng([self.seed, epoch]).permutation(self.num_images)
-            for index in perm[offset:]:
+            for index in self.permutation(epoch)[offset:]:
                 if self.num_keys is not None and position >= self.num_keys:
                     return
                 yield epoch * self.num_images + int(index)
