@@ -13,7 +13,8 @@ from cosa_sdk.training.crf_postprocess import dense_crf
 def test_crf_moves_a_blurry_boundary_onto_the_image_edge() -> None:
     image = np.zeros((40, 40, 3), dtype=np.uint8)
     image[:, 20:] = 255
-    fg = np.clip((np.arange(40) - 8) / 16.0, 0.05, 0.95)  # 50 % at x = 16, the edge is at 20[None, :].repeat(40, 0)
+    # foreground probability crosses 50 % at x = 16; the image edge is at x = 20
+    fg = np.clip((np.arange(40) - 8) / 16.0, 0.05, 0.95)[None, :].repeat(40, 0)
     probs = np.stack([1 - fg, fg]).astype(np.float32)
     plain = probs.argmax(0)
     refined = dense_crf(image, probs)
