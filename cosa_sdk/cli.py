@@ -114,7 +114,8 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--backend", default="auto")
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--max-latency-ms", type=int, default=200)
+    p.add_argument("--max-latency-ms", type=int, default=2000,
+                   help="longest a request may wait for a batch before a 503 (CPU inference needs seconds)")
     p.add_argument("--workers", type=int, default=1)
 
 
@@ -122,7 +123,7 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("demo", help="train, evaluate, export and segment on the embedded benchmark")
     p.add_argument("--out", default="demo_out")
     p.add_argument("--force", action="store_true", help="start over instead of reusing demo_out")
-    p.add_argument("--minutes", type=float, default=None, help="training budget (default: the preset's)")
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the tiny preset's)")
 
 
 def build_parser() -> argparse.ArgumentParser:

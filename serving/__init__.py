@@ -1,1 +1,7 @@
-"""BentoML service over the cosa_sdk inference API."""
+"""BentoML service over the cosa_sdk inference API (`cosa serve`); imports the SDK only, never training code.
+
+Modules: `service` (the two BentoML services), `settings` (COSA_* environment variables), `guard`
+(ASGI upload checks), `uploads` (bytes -> checked RGB image), `render` (PNG/JPEG/JSON answers),
+`cli` (`cosa serve`), `launcher` (run `cosa serve` in a child process, for tests and benchmarks).
+Importing this package imports none of them, so `import cosa_sdk.serving` does not need bentoml.
+"""

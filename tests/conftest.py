@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["BENTOML_DO_NOT_TRACK"] = "true"
-os.environ.setdefault("BENTOML_HOME", tempfile.mkdtemp(prefix="cosa-bentoml-"))
+if "BENTOML_HOME" not in os.environ:
+    os.environ["BENTOML_HOME"] = tempfile.mkdtemp(prefix="cosa-bentoml-")
+    atexit.register(shutil.rmtree, os.environ["BENTOML_HOME"], ignore_errors=True)
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 import pytest

@@ -1,0 +1,318 @@
+"""Load test of `cosa serve` over loopback: requests/s, p50 and p99 at 1, 8 and 32 clients, batching on and off.
+
+The model is a realistic one for serving: the project's deployable segmentation stream (a timm ViT
+backbone + LargeFOV decoder, logits upsampled in the graph) exported to ONNX into a bundle, with
+random weights (speed does not depend on them). `--bundle PATH` load-tests an existing bundle instead.
+Each client keeps one HTTP connection and posts VOC-sized JPEGs (500x375) to /segment back to back.
+Every point is bounded in time and count; any failed request is reported and makes the exit code 1.
+
+    python benchmarks/serve_load.py            # about 4 minutes on 2 CPU cores
+    python benchmarks/serve_load.py --quick    # about 1.5 minutes: shorter points, smaller input
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import http.client
+import io
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from cosa_sdk.serving.launcher import LocalServer, start_server
+
+RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
+CLASSES = ["background", *(f"class_{i}" for i in range(1, 21))]  # VOC-sized head: 21 outputs
+
+
+def export_vit_bundle(out: Path, *, backbone: str, size: int, decoder_channels: int) -> Path:
+    """A bundle (cosa.json + model.onnx, dynamic batch) of a randomly initialised segmentation stream."""
+    import torch
+
+    from cosa_sdk.training.network import SegmentationStream
+
+    config = {
+        "backbone": backbone,
+        "num_classes": len(CLASSES) - 1,
+        "decoder_channels": decoder_channels,
+        "backbone_kwargs": {"img_size": size},
+    }
+    torch.manual_seed(0)
+    model = SegmentationStream.from_config(config).eval()
+    out.mkdir(parents=True, exist_ok=True)
+    batch_axis = {0: "batch"}
+    torch.onnx.export(
+        model,
+        (torch.zeros(1, 3, size, size),),
+        str(out / "model.onnx"),
+        input_names=["image"],
+        output_names=["logits"],
+        dynamic_axes={"image": batch_axis, "logits": batch_axis},
+        opset_version=17,
+        dynamo=False,
+    )
+    cosa_json = {
+        "format": "cosa-bundle",
+        "version": 1,
+        "name": f"bench-{backbone}-{size}",
+        "classes": CLASSES,
+        "input_size": [size, size],
+        "mean": [0.485, 0.456, 0.406],
+        "std": [0.229, 0.224, 0.225],
+        "backbone": backbone,
+        "patch_size": 16,
+        "artifacts": {"onnx": "model.onnx"},
+        "onnx": {"input": "image", "output": "logits", "dynamic": False, "opset": 17},
+        "model_config": config,
+        "created_by": "benchmarks/serve_load.py (random weights, for timing only)",
+    }
+    (out / "cosa.json").write_text(json.dumps(cosa_json, indent=2))
+    return out
+
+
+def photo_bodies(count: int, seed: int = 0) -> list[tuple[bytes, str]]:
+    """Multipart bodies of distinct 500x375 JPEG 'photos' (smooth colour fields plus noise)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:375, 0:500].astype(np.float32)
+    bodies = []
+    for _ in range(count):
+        phase = rng.uniform(0, 6.3, size=3)
+        image = np.stack([128 + 90 * np.sin(xx / 60 + yy / 90 + p) for p in phase], axis=-1)
+        image += rng.normal(0, 12, size=image.shape)
+        buffer = io.BytesIO()
+        Image.fromarray(image.clip(0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        boundary = uuid.uuid4().hex
+        head = f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="photo.jpg"\r\n'
+        head += "Content-Type: image/jpeg\r\n\r\n"
+        body = head.encode() + buffer.getvalue() + f"\r\n--{boundary}--\r\n".encode()
+        bodies.append((body, f"multipart/form-data; boundary={boundary}"))
+    return bodies
+
+
+class LoadPoint:
+    """`clients` threads, each posting back to back on its own keep-alive connection until time or count run out."""
+
+    def __init__(self, url: str, bodies: list[tuple[bytes, str]], clients: int, seconds: float, max_requests: int):
+        host, port = url.removeprefix("http://").split(":")
+        self.address = (host, int(port))
+        self.bodies = bodies
+        self.clients = clients
+        self.seconds = seconds
+        self.max_requests = max_requests
+        self.latencies: list[float] = []
+        self.errors: list[str] = []
+        self._issued = 0
+        self._lock = threading.Lock()
+        self.wall = 0.0
+        self.load = 0.0
+
+    def _take(self) -> int | None:
+        with self._lock:
+            if self._issued >= self.max_requests or time.perf_counter() >= self._deadline:
+                return None
+            self._issued += 1
+            return self._issued
+
+    def _client(self, index: int) -> None:
+        connection = http.client.HTTPConnection(*self.address, timeout=120)
+        try:
+            while (ticket := self._take()) is not None:
+                body, content_type = self.bodies[(index + ticket) % len(self.bodies)]
+                start = time.perf_counter()
+                try:
+                    connection.request("POST", "/segment", body=body, headers={"Content-Type": content_type})
+                    response = connection.getresponse()
+                    payload = response.read()
+                except (OSError, http.client.HTTPException) as err:
+                    with self._lock:
+                        self.errors.append(f"{type(err).__name__}: {err}")
+                    connection.close()
+                    connection = http.client.HTTPConnection(*self.address, timeout=120)
+                    continue
+                elapsed = time.perf_counter() - start
+                with self._lock:
+                    if response.status == 200 and payload.startswith(b"\x89PNG"):
+                        self.latencies.append(elapsed)
+                    else:
+                        self.errors.append(f"HTTP {response.status}: {payload[:160]!r}")
+        finally:
+            connection.close()
+
+    def run(self) -> LoadPoint:
+        self.load = round(os.getloadavg()[0], 2)
+        self._deadline = time.perf_counter() + self.seconds
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(self.clients) as pool:
+            list(pool.map(self._client, range(self.clients)))
+        self.wall = time.perf_counter() - start
+        return self
+
+
+def warm_up(server: LocalServer, bodies: list[tuple[bytes, str]], requests: int) -> None:
+    """Requests that are not measured: graph and thread-pool start-up, BentoML's batching optimiser training."""
+    LoadPoint(server.url, bodies, clients=4, seconds=120, max_requests=requests).run()
+
+
+def merge(slices: list[LoadPoint], label: str, clients: int) -> dict[str, Any]:
+    """One point from interleaved slices: total requests over total time, pooled latency quantiles."""
+    ordered = sorted(latency for part in slices for latency in part.latencies)
+    wall = sum(part.wall for part in slices)
+    errors = [error for part in slices for error in part.errors]
+
+    def quantile(q: float) -> float:
+        return round(ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] * 1000, 1) if ordered else None
+
+    return {
+        "batching": label,
+        "clients": clients,
+        "requests": len(ordered),
+        "errors": len(errors),
+        "error_samples": errors[:3],
+        "seconds": round(wall, 2),
+        "requests_per_s": round(len(ordered) / wall, 3) if wall else 0.0,
+        "requests_per_s_by_slice": [round(len(part.latencies) / part.wall, 2) for part in slices],
+        "p50_ms": quantile(0.50),
+        "p99_ms": quantile(0.99),
+        "mean_ms": round(statistics.fmean(ordered) * 1000, 1) if ordered else None,
+        "loadavg_1min": [part.load for part in slices],
+    }
+
+
+def measure(args: argparse.Namespace, servers: dict[str, LocalServer], bodies: list) -> list[dict[str, Any]]:
+    """For each client count, alternate short slices between the two servers so load drift hits both alike."""
+    points = []
+    for clients in args.clients:
+        slices: dict[str, list[LoadPoint]] = {label: [] for label in servers}
+        for round_index in range(args.rounds):
+            order = list(servers) if round_index % 2 == 0 else list(reversed(servers))
+            for label in order:
+                part = LoadPoint(servers[label].url, bodies, clients, args.seconds, args.max_requests)
+                part.run()
+                slices[label].append(part)
+        for label, parts in slices.items():
+            point = merge(parts, label, clients)
+            points.append(point)
+            print(
+                f"batching {label:3} clients {clients:3}: {point['requests_per_s']:7.2f} req/s  "
+                f"p50 {point['p50_ms']:8.1f} ms  p99 {point['p99_ms']:8.1f} ms  "
+                f"({point['requests']} ok, {point['errors']} errors; slices {point['requests_per_s_by_slice']})",
+                flush=True,
+            )
+    return points
+
+
+def table(points: list[dict]) -> str:
+    lines = ["| batching | clients | req/s | p50 ms | p99 ms | requests | errors |", "|---|---|---|---|---|---|---|"]
+    for p in points:
+        lines.append(
+            f"| {p['batching']} | {p['clients']} | {p['requests_per_s']:.2f} | {p['p50_ms']:.0f} | {p['p99_ms']:.0f} "
+            f"| {p['requests']} | {p['errors']} |"
+        )
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="short points and a smaller input (a fast pass)")
+    parser.add_argument("--bundle", type=Path, default=None, help="load-test this bundle instead of the exported ViT")
+    parser.add_argument("--backbone", default="vit_tiny_patch16_224")
+    parser.add_argument("--size", type=int, default=None, help="input size of the exported model (default 224)")
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 8, 32])
+    parser.add_argument("--seconds", type=float, default=None, help="seconds per measured slice (default 8)")
+    parser.add_argument("--rounds", type=int, default=None, help="slices per point and mode, interleaved (default 3)")
+    parser.add_argument("--max-requests", type=int, default=2000, help="cap on requests per point")
+    parser.add_argument("--warmup", type=int, default=None, help="unmeasured requests per server (default 40)")
+    parser.add_argument("--max-batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-latency-ms", type=int, default=60000,
+        help="BentoML sheds requests whose queue wait would exceed this; high so a CPU run sheds nothing",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=0,
+        help="COSA_THREADS: ONNX Runtime intra-op threads per model worker (0: ONNX Runtime's default, all cores)",
+    )  # fmt: skip
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args(argv)
+    args.size = args.size or (160 if args.quick else 224)
+    args.seconds = args.seconds or (4.0 if args.quick else 8.0)
+    args.rounds = args.rounds or (2 if args.quick else 3)
+    args.warmup = args.warmup if args.warmup is not None else (24 if args.quick else 40)
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="cosa-serve-load-"))
+    try:
+        if args.bundle is None:
+            bundle = export_vit_bundle(workdir / "bundle", backbone=args.backbone, size=args.size, decoder_channels=256)
+            model = {"backbone": args.backbone, "input_size": args.size, "decoder_channels": 256, "classes": 21}
+        else:
+            bundle, model = args.bundle, {"bundle": str(args.bundle)}
+        bodies = photo_bodies(16)
+        servers: dict[str, LocalServer] = {}
+        try:
+            for label, batch in (("on", args.max_batch_size), ("off", 1)):
+                servers[label] = start_server(
+                    bundle, max_batch_size=batch, max_latency_ms=args.max_latency_ms,
+                    env={"COSA_THREADS": str(args.threads)}, log_path=workdir / f"{label}.log",
+                )  # fmt: skip
+                warm_up(servers[label], bodies, args.warmup)
+            points = measure(args, servers, bodies)
+        finally:
+            for server in servers.values():
+                server.stop()
+    finally:
+        logs = {p.name: p.read_text(errors="replace")[-4000:] for p in workdir.glob("*.log")}
+        shutil.rmtree(workdir, ignore_errors=True)
+    by_key = {(p["batching"], p["clients"]): p for p in points}
+    speedups = {
+        str(c): round(by_key[("on", c)]["requests_per_s"] / by_key[("off", c)]["requests_per_s"], 2)
+        for c in args.clients
+        if by_key[("off", c)]["requests_per_s"] > 0
+    }
+    errors = sum(p["errors"] for p in points)
+    result = {
+        "benchmark": "serve_load",
+        "model": model,
+        "settings": {
+            "max_batch_size": args.max_batch_size,
+            "max_latency_ms": args.max_latency_ms,
+            "onnxruntime_threads": args.threads or "default",
+            "seconds_per_slice": args.seconds,
+            "slices_per_point": args.rounds,
+            "warmup_requests": args.warmup,
+            "image": "500x375 JPEG, POST /segment (palette PNG back)",
+            "quick": args.quick,
+        },
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "points": points,
+        "batching_speedup": speedups,
+        "target": {"clients": 8, "min_speedup": 1.5, "met": speedups.get("8", 0) >= 1.5},
+        "errors": errors,
+    }
+    if errors:
+        result["server_logs_tail"] = logs
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print()
+    print(table(points))
+    print(f"\nbatching speed-up (req/s on / off): {speedups}; errors: {errors}; written to {args.out}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

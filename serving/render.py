@@ -1,0 +1,48 @@
+"""Turning a segmentation into response bodies: palette PNG, JPEG overlay, JSON summary."""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from cosa_sdk.errors import CosaInputError
+from cosa_sdk.result import SegmentationResult
+
+from .uploads import UploadError
+
+MASK_CHOICES = ("none", "png", "rle")
+JPEG_QUALITY = 90
+
+
+def mask_encoding(form_value: str | None, query_value: str | None) -> str | None:
+    """The `mask` option of /segment_json (form field first, then query string): None, "png" or "rle"."""
+    raw = form_value if form_value not in (None, "") else query_value
+    value = (raw or "none").strip().lower()
+    if value not in MASK_CHOICES:
+        raise UploadError(400, f"mask={raw!r} is not an option; choose one of {', '.join(MASK_CHOICES)}")
+    return None if value == "none" else value
+
+
+def mask_png(result: SegmentationResult) -> bytes:
+    """The palette ("P") PNG whose pixel values are class indices, at the upload's size."""
+    buffer = io.BytesIO()
+    result.colorized().save(buffer, format="PNG", compress_level=3)
+    return buffer.getvalue()
+
+
+def overlay_jpeg(result: SegmentationResult, alpha: float) -> bytes:
+    """The upload with class colours blended in at `alpha`, as JPEG."""
+    try:
+        image = result.overlay(alpha=float(alpha))
+    except CosaInputError as err:
+        raise UploadError(400, str(err)) from None
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    return buffer.getvalue()
+
+
+def summary(result: SegmentationResult, *, model_name: str, mask: str | None, total_s: float) -> dict[str, Any]:
+    """JSON summary: model, size, present classes with pixel fractions, backend, timings, optional mask."""
+    body = result.to_dict(mask=mask)  # type: ignore[arg-type]
+    body["timings"]["total"] = round(total_s, 6)
+    return {"model": model_name, **body}

@@ -1,0 +1,243 @@
+"""The BentoML service: `CosaSegmentation` (HTTP API) over `CosaModel` (the bundle, with adaptive batching).
+
+Start it with `cosa serve --model BUNDLE`, or `COSA_MODEL=BUNDLE bentoml serve
+cosa_sdk.serving.service:CosaSegmentation`. All settings come from environment variables
+(`cosa_sdk.serving.settings`); batching is fixed when this module is imported, as BentoML requires.
+
+Split of work: the API service checks and decodes each upload (so hostile bytes never reach the
+model) and renders the answer; `CosaModel.infer` is BentoML's batchable API, so concurrent requests
+reach the model in batches of up to COSA_MAX_BATCH_SIZE, each request waiting at most
+COSA_MAX_LATENCY_MS before BentoML sheds it with a 503. The model is loaded once per model worker.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import anyio.to_thread
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+from PIL import Image
+from starlette.responses import Response
+
+import cosa_sdk
+from cosa_sdk.backends import check_backend_name
+from cosa_sdk.bundle import read_bundle
+from cosa_sdk.result import SegmentationResult
+
+from .guard import UploadGuard, error_response
+from .render import mask_encoding, mask_png, overlay_jpeg, summary
+from .settings import ENV_MODEL, ServeSettings, read_settings
+from .uploads import UploadError, decode_upload
+
+SETTINGS = read_settings()
+IMAGE_ROUTES = ("/segment", "/segment_json", "/overlay")
+PUBLIC_INFO_KEYS = ("name", "classes", "palette", "input_size", "backend", "device", "dynamic", "tta_sizes", "notes")
+DEFAULT_BUNDLE_DIR = "bundle"
+MODEL_CALL_ATTEMPTS = 3
+F = TypeVar("F", bound=Callable[..., Any])
+logger = logging.getLogger("cosa_sdk.serving")
+
+
+def model_path(settings: ServeSettings, working_dir: str | None = None) -> str:
+    """COSA_MODEL, else the `bundle` folder a Bento built from serving/bentofile.yaml carries in its src."""
+    if settings.model:
+        return settings.model
+    for base in (Path.cwd(), Path(working_dir) if working_dir else None):
+        if base is not None and (base / DEFAULT_BUNDLE_DIR / "cosa.json").is_file():
+            return str(base / DEFAULT_BUNDLE_DIR)
+    raise cosa_sdk.CosaModelError(
+        f"no model to serve: set {ENV_MODEL}=/path/to/bundle (or run `cosa serve --model BUNDLE`)"
+    )
+
+
+def load_segmenter(settings: ServeSettings) -> cosa_sdk.Segmenter:
+    """The bundle on its backend, warmed up so the first request does not pay for graph set-up."""
+    segmenter = cosa_sdk.load(
+        model_path(settings), backend=settings.backend, batch_size=settings.max_batch_size,
+        max_pixels=settings.max_pixels, threads=settings.threads or None,
+    )  # fmt: skip
+    height, width = segmenter.input_size
+    segmenter.segment(np.zeros((height, width, 3), dtype=np.uint8), keep_image=False)
+    return segmenter
+
+
+def _model_api(func: F) -> F:
+    """BentoML's batchable API when batching is on, a plain API otherwise (max batch size 1)."""
+    if SETTINGS.batching:
+        decorate = bentoml.api(
+            batchable=True, max_batch_size=SETTINGS.max_batch_size, max_latency_ms=SETTINGS.max_latency_ms
+        )
+        return decorate(func)  # type: ignore[return-value]
+    return bentoml.api(func)  # type: ignore[return-value]
+
+
+@bentoml.service(
+    name="cosa_model",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+    # BentoML 1.4 closes its client session to a dependency every 100 requests / 300 s by default,
+    # aborting the requests still in flight on it (bentoml/BentoML#5540, #5544); a local model
+    # worker gains nothing from the refresh, so it is pushed out of reach.
+    runner_connection={"max_requests": 2**31 - 1, "max_age": 1e9},
+)
+class CosaModel:
+    """One loaded bundle per worker process."""
+
+    @bentoml.on_deployment
+    def check_bundle() -> None:
+        """Once, before any worker starts: a missing or malformed bundle stops `bentoml serve` with its message."""
+        settings = read_settings()
+        check_backend_name(settings.backend)
+        read_bundle(model_path(settings, CosaModel.working_dir))
+
+    def __init__(self) -> None:
+        self.segmenter = load_segmenter(read_settings())
+
+    @_model_api
+    def infer(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """Masks (at each image's size) and SDK timings for decoded HxWx3 uint8 RGB images, in order."""
+        results = self.segmenter.segment(list(images), keep_image=False, batch_size=max(1, len(images)))
+        return [{"mask": result.mask, "timings": result.timings} for result in results]
+
+    @bentoml.api
+    def info(self) -> dict[str, Any]:
+        """What the bundle is and where it runs (no file paths)."""
+        details = self.segmenter.info()
+        details["palette"] = [list(colour) for colour in self.segmenter.palette]
+        return {key: details[key] for key in PUBLIC_INFO_KEYS if key in details}
+
+    @bentoml.on_shutdown
+    def close(self) -> None:
+        self.segmenter.close()
+
+
+def _answer_errors(func: F) -> F:
+    """Turn an UploadError raised while answering into the service's JSON error response."""
+
+    @functools.wraps(func)
+    async def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await func(self, *args, **kwargs)
+        except UploadError as err:
+            ctx = kwargs.get("ctx")
+            if ctx is not None:  # BentoML copies the context's status onto any returned response
+                ctx.response.status_code = err.status
+            return error_response(err.status, err.message)
+
+    return wrapper  # type: ignore[return-value]
+
+
+@bentoml.service(
+    name="cosa_segmentation",
+    workers=SETTINGS.workers,
+    traffic={"timeout": SETTINGS.timeout_s},
+)
+class CosaSegmentation:
+    """Semantic segmentation of uploaded images (multipart field `image`) with a cosa-sdk bundle."""
+
+    model = bentoml.depends(CosaModel)
+
+    def __init__(self) -> None:
+        self.settings = read_settings()
+        self._model_info: dict[str, Any] | None = None
+
+    async def _info(self) -> dict[str, Any]:
+        if self._model_info is None:
+            self._model_info = await self._call_model("info")
+        return self._model_info
+
+    async def _call_model(self, name: str, *args: Any) -> Any:
+        """Call the model service; its refusals become UploadErrors, a stale pooled connection is retried."""
+        import aiohttp
+
+        for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
+            try:
+                return await getattr(self.model.to_async, name)(*args)
+            except BentoMLException as err:
+                if int(getattr(err, "error_code", 500)) == 503:
+                    raise UploadError(
+                        503,
+                        f"the model is busy: this request would wait longer than COSA_MAX_LATENCY_MS="
+                        f"{self.settings.max_latency_ms} ms; retry later, or serve with a larger --max-latency-ms",
+                    ) from None
+                logger.error("model call %s failed: %s", name, err)
+                raise UploadError(500, "the model failed on this request; see the server log") from None
+            except (aiohttp.ClientConnectionError, RuntimeError) as err:
+                # a keep-alive connection the model server already closed (bentoml/BentoML#4971);
+                # the calls are idempotent, so sending again is safe
+                if isinstance(err, RuntimeError) and "closed" not in str(err).lower():
+                    raise
+                if attempt == MODEL_CALL_ATTEMPTS:
+                    logger.error("model service unreachable: %s", err)
+                    raise UploadError(503, "the model worker is unreachable; retry in a moment") from None
+                logger.info("model call %s: retrying after %s", name, type(err).__name__)
+        raise AssertionError("unreachable")
+
+    async def _segment(self, image: Path) -> tuple[SegmentationResult, float]:
+        """Decode the upload, run it through the model worker, rebuild the SDK result (with the image)."""
+        start = time.perf_counter()
+        data = await anyio.to_thread.run_sync(image.read_bytes)
+        decoded = await anyio.to_thread.run_sync(
+            functools.partial(decode_upload, data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side)
+        )
+        decode_s = time.perf_counter() - start
+        info = await self._info()
+        (output,) = await self._call_model("infer", [np.asarray(decoded)])
+        result = SegmentationResult(
+            mask=output["mask"],
+            classes=list(info["classes"]),
+            palette=[tuple(colour) for colour in info["palette"]],
+            backend=info["backend"],
+            timings={**output["timings"], "decode": decode_s},
+            image=decoded,
+        )
+        return result, start
+
+    @bentoml.api
+    @_answer_errors
+    async def segment(self, image: Path) -> Image.Image:
+        """The mask as a palette PNG at the upload's size: pixel value = class index (see /info)."""
+        result, _ = await self._segment(image)
+        return Response(await anyio.to_thread.run_sync(mask_png, result), media_type="image/png")
+
+    @bentoml.api
+    @_answer_errors
+    async def segment_json(self, image: Path, mask: str = "", *, ctx: bentoml.Context) -> dict[str, Any]:
+        """Present classes with pixel fractions, size, model, backend and timings.
+
+        `mask` (form field or query parameter): "none" (default), "png" (base64 palette PNG) or "rle".
+        """
+        encoding = mask_encoding(mask, ctx.request.query_params.get("mask"))
+        result, start = await self._segment(image)
+        info = await self._info()
+        return await anyio.to_thread.run_sync(
+            functools.partial(
+                summary, result, model_name=info["name"], mask=encoding, total_s=time.perf_counter() - start
+            )
+        )
+
+    @bentoml.api
+    @_answer_errors
+    async def overlay(self, image: Path, alpha: float = 0.5) -> Image.Image:
+        """The upload with class colours blended in at `alpha` (0-1), as JPEG."""
+        result, _ = await self._segment(image)
+        body = await anyio.to_thread.run_sync(overlay_jpeg, result, alpha)
+        return Response(body, media_type="image/jpeg")
+
+    @bentoml.api
+    @_answer_errors
+    async def info(self) -> dict[str, Any]:
+        """Classes (index = mask value), palette, input size, backend and device, and the service limits."""
+        return {**await self._info(), "service": self.settings.public()}
+
+
+CosaSegmentation.add_asgi_middleware(UploadGuard, routes=IMAGE_ROUTES, max_bytes=SETTINGS.max_upload_bytes)
+
+__all__ = ["CosaModel", "CosaSegmentation"]
