@@ -8,7 +8,7 @@ not alias; images up to twice the model size (all of VOC and COCO at 448) take t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
@@ -27,8 +27,11 @@ def _source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray
     return low, high, src - low.astype(np.float32)
 
 
-def _resize_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
-    low, high, weight = _source_indices(x.shape[axis], out_size)
+def _interpolate(x: np.ndarray, axis: int, low: np.ndarray, high: np.ndarray, weight: np.ndarray) -> np.ndarray:
+    """Blend the `low` and `high` slices of `x` along `axis` by `weight` (float32 out).
+
+    The one place the bilinear arithmetic lives, so the full and the banded resizes agree bit for bit.
+    """
     a = np.take(x, low, axis=axis).astype(np.float32, copy=False)
     b = np.take(x, high, axis=axis).astype(np.float32, copy=False)
     shape = [1] * x.ndim
@@ -37,6 +40,15 @@ def _resize_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
     b *= weight.reshape(shape)
     b += a
     return b
+
+
+def _resize_axis(x: np.ndarray, axis: int, out_size: int) -> np.ndarray:
+    return _interpolate(x, axis, *_source_indices(x.shape[axis], out_size))
+
+
+def _height_first(in_size: tuple[int, int], out_size: tuple[int, int]) -> bool:
+    """Whether the height pass goes first: the order that leaves the smaller intermediate."""
+    return out_size[0] * in_size[1] <= in_size[0] * out_size[1]
 
 
 def resize_bilinear(x: np.ndarray, size: Sequence[int], *, axes: tuple[int, int] = (-2, -1)) -> np.ndarray:
@@ -49,7 +61,7 @@ def resize_bilinear(x: np.ndarray, size: Sequence[int], *, axes: tuple[int, int]
     out_h, out_w = int(size[0]), int(size[1])
     if (h, w) == (out_h, out_w):
         return x.astype(np.float32, copy=False)
-    if out_h * w <= h * out_w:
+    if _height_first((h, w), (out_h, out_w)):
         return _resize_axis(_resize_axis(x, ay, out_h), ax, out_w)
     return _resize_axis(_resize_axis(x, ax, out_w), ay, out_h)
 
@@ -101,17 +113,54 @@ def argmax_channels(logits: np.ndarray) -> np.ndarray:
     return index
 
 
+_BAND_BYTES = 2 << 20
+"""Target size of one float32 (K, rows, W) band: small enough to stay in cache and to bound peak memory."""
+
+
+def _band_rows(channels: int, width: int) -> int:
+    """Output rows per band so that a (channels, rows, width) float32 band is about `_BAND_BYTES`."""
+    return max(1, _BAND_BYTES // (4 * max(1, channels) * max(1, width)))
+
+
+def _resized_bands(logits: np.ndarray, size: tuple[int, int], band_rows: int) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yield (output rows, float32 (K, rows, W) resized logits) one band of output rows at a time.
+
+    Each band resizes only the input rows it needs, in the same pass order and with the same
+    per-pixel arithmetic as `resize_bilinear`, so stacking the bands gives its result bit for bit.
+    """
+    (h, w), (out_h, out_w) = logits.shape[-2:], size
+    same = (h, w) == (out_h, out_w)
+    rows, cols = _source_indices(h, out_h), _source_indices(w, out_w)
+    height_first = _height_first((h, w), size)
+    for start in range(0, out_h, band_rows):
+        band = slice(start, min(start + band_rows, out_h))
+        if same:
+            yield band, logits[:, band].astype(np.float32, copy=False)
+            continue
+        low, high, weight = (v[band] for v in rows)
+        if height_first:
+            yield band, _interpolate(_interpolate(logits, 1, low, high, weight), 2, *cols)
+            continue
+        needed = np.unique(np.concatenate([low, high]))  # the input rows this band reads, sorted
+        wide = _interpolate(np.take(logits, needed, axis=1), 2, *cols)
+        yield band, _interpolate(wide, 1, np.searchsorted(needed, low), np.searchsorted(needed, high), weight)
+
+
 def logits_to_mask(
     logits: np.ndarray, size: Sequence[int], *, with_scores: bool = False
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(K, h, w) logits -> (mask uint8 (H, W), probabilities (K, H, W) or None) at `size`.
 
-    The logits are resized before the argmax, as the official evaluation does.
+    The logits are resized before the argmax, as the official evaluation does. The work goes in
+    bands of output rows, so without scores the extra memory is one band, not a (K, H, W) array.
     """
-    resized = resize_bilinear(logits, size)
-    mask = argmax_channels(resized)
-    if not with_scores:
-        return mask, None
-    if np.shares_memory(resized, logits):
-        resized = resized.copy()
-    return mask, softmax(resized, axis=0)
+    out_size = (int(size[0]), int(size[1]))
+    mask = np.empty(out_size, dtype=np.uint8)
+    scores = np.empty((logits.shape[0], *out_size), dtype=np.float32) if with_scores else None
+    for band, resized in _resized_bands(logits, out_size, _band_rows(logits.shape[0], out_size[1])):
+        mask[band] = argmax_channels(resized)
+        if scores is not None:
+            if np.may_share_memory(resized, logits):  # same-size path: never softmax the caller's array
+                resized = resized.copy()
+            scores[:, band] = softmax(resized, axis=0)
+    return mask, scores

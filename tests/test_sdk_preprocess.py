@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cosa_sdk.preprocess import Normalizer, argmax_channels, logits_to_mask, reduce_for, resize_bilinear
+from cosa_sdk import preprocess
+from cosa_sdk.preprocess import (
+    Normalizer,
+    argmax_channels,
+    logits_to_mask,
+    reduce_for,
+    resize_bilinear,
+    softmax,
+)
 
 MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -68,3 +78,72 @@ def test_argmax_and_mask_match_numpy_and_torch() -> None:
     untouched = logits.copy()
     logits_to_mask(logits, (32, 32), with_scores=True)
     np.testing.assert_array_equal(logits, untouched)  # same-size path must not softmax the caller's array
+
+
+def reference_mask(logits: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """The unbanded path: full (K, H, W) resize, argmax, then softmax of a copy."""
+    resized = np.array(resize_bilinear(logits, size), dtype=np.float32)
+    return argmax_channels(resized), softmax(resized, axis=0)
+
+
+@pytest.mark.parametrize(
+    ("source", "target"),
+    [
+        ((28, 28), (333, 517)),  # upsampling, height pass first
+        ((28, 28), (517, 333)),  # upsampling, width pass first
+        ((448, 448), (77, 100)),  # downsampling, height pass first
+        ((448, 448), (100, 77)),  # downsampling, width pass first: bands read scattered input rows
+        ((40, 64), (301, 20)),  # up in height, down in width
+        ((28, 28), (28, 101)),  # one axis unchanged
+        ((28, 28), (28, 28)),  # same size: no resize at all
+        ((5, 7), (1, 1)),
+        ((1, 1), (4, 3)),
+    ],
+)
+@pytest.mark.parametrize("band_rows", [1, 7, None])
+def test_banded_mask_and_scores_equal_the_full_size_path_exactly(
+    monkeypatch: pytest.MonkeyPatch, source: tuple[int, int], target: tuple[int, int], band_rows: int | None
+) -> None:
+    logits = np.random.default_rng(4).standard_normal((21, *source)).astype(np.float32)
+    if band_rows is not None:  # 7 leaves a remainder band for every height above
+        monkeypatch.setattr(preprocess, "_band_rows", lambda channels, width: band_rows)
+    expected_mask, expected_scores = reference_mask(logits, target)
+    mask, scores = logits_to_mask(logits, target, with_scores=True)
+    assert mask.shape == target and mask.dtype == np.uint8 and scores is not None
+    np.testing.assert_array_equal(mask, expected_mask)
+    np.testing.assert_array_equal(scores, expected_scores)
+    only_mask, no_scores = logits_to_mask(logits, target)
+    assert no_scores is None
+    np.testing.assert_array_equal(only_mask, expected_mask)
+
+
+def test_banded_mask_on_float64_logits_matches_the_float32_full_path() -> None:
+    logits = np.random.default_rng(5).standard_normal((6, 28, 28))
+    for target in [(333, 517), (28, 28)]:
+        mask, _ = logits_to_mask(logits, target)
+        np.testing.assert_array_equal(mask, argmax_channels(resize_bilinear(logits, target)))
+
+
+def test_mask_of_a_large_image_never_materialises_the_full_logits() -> None:
+    logits = np.random.default_rng(6).standard_normal((21, 28, 28)).astype(np.float32)
+    full_bytes = 21 * 3000 * 4000 * 4  # ~1 GB: what the unbanded path allocated (twice)
+    tracemalloc.start()
+    try:
+        mask, _ = logits_to_mask(logits, (3000, 4000))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert mask.shape == (3000, 4000)
+    assert peak - mask.nbytes < full_bytes / 50, f"extra peak {(peak - mask.nbytes) / 2**20:.1f} MiB"
+
+
+def test_scores_path_allocates_little_beyond_its_output() -> None:
+    logits = np.random.default_rng(7).standard_normal((21, 28, 28)).astype(np.float32)
+    tracemalloc.start()
+    try:
+        mask, scores = logits_to_mask(logits, (600, 800), with_scores=True)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert scores is not None and scores.shape == (21, 600, 800)
+    assert peak - mask.nbytes - scores.nbytes < scores.nbytes / 4  # the full path held two more copies
