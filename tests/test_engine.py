@@ -176,3 +176,10 @@ def test_step_batches_split_one_stream_across_ranks_and_resume_exactly() -> None
     resumed = StepBatchSampler(num_samples=5, batch_size=2, total_steps=4, start_step=2, seed=1, rank=1,
                                world_size=2)
     assert list(resumed) == batches[1][2:]
+
+
+def test_a_cnn_backbone_trains_through_the_same_engine(tmp_path) -> None:
+    config = tiny_config(backbone="tf_efficientnet_lite0", iters=3, aux_layer=None, eval_every=3, sample_every=100)
+    summary = Trainer(config, run_dir=tmp_path / "cnn", data_spec=DATA).fit()
+    assert summary["iterations"] == 3
+    assert summary["metrics"]["assignment"]["cam_miou"] is not None
