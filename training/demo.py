@@ -72,13 +72,14 @@ def eval_stage(run: Path, out: Path) -> dict[str, Any]:
 
 
 def export_stage(run: Path, bundle: Path) -> None:
-    from cosa_sdk.export.api import export_bundle
+    from cosa_sdk.export import ExportOptions, export_bundle
+    from cosa_sdk.export.cli import print_report
 
     if _fresh(bundle / "cosa.json", run / "best.pt"):
         _say(f"reusing the bundle in {bundle}")
         return
     _say(f"exporting {run / 'best.pt'} -> {bundle} (ONNX + INT8)")
-    export_bundle(run / "best.pt", bundle, int8=True, force=True, data_spec=DATA_SPEC)
+    print_report(export_bundle(run / "best.pt", bundle, ExportOptions(int8=True, force=True, data=DATA_SPEC)))
 
 
 def segment_stage(bundle: Path, dataset, out: Path) -> list[Any]:
