@@ -1,0 +1,77 @@
+"""`cosa export CHECKPOINT --out BUNDLE [...]`: the handler and its short report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from typing import TextIO
+
+from cosa_sdk.export.pipeline import ExportOptions, ExportResult, export_bundle
+
+
+def options_from_args(args: argparse.Namespace) -> ExportOptions:
+    """ExportOptions from the parser of `cosa_sdk.cli._add_export`; unknown attributes keep their defaults."""
+    fields = ExportOptions.__dataclass_fields__
+    return ExportOptions(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
+
+
+def export_command(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    result = export_bundle(args.checkpoint, args.out, options_from_args(args))
+    print_report(result)
+    return 0
+
+
+def _size(num_bytes: int) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if num_bytes < 1024 or unit == "GB":
+            return f"{num_bytes:.0f} {unit}" if unit == "B" else f"{num_bytes:.1f} {unit}"
+        num_bytes /= 1024
+    return ""
+
+
+def report_lines(result: ExportResult) -> list[str]:
+    """The table `cosa export` prints: artifacts with sizes, parity, INT8 and TensorRT numbers, and the path."""
+    config, source = result.config, result.source
+    height, width = source.input_size
+    lines = [f"cosa export: {source.backbone}, {source.network} network, {len(source.classes)} classes, "
+             f"input {height}x{width}{' (dynamic)' if result.onnx.dynamic else ''}"]
+    notes = {
+        "torch": "seg stream weights (backbone + decoder)",
+        "onnx": f"opset {result.onnx.opset}, {result.onnx.exporter} exporter"
+                + (", dynamic batch/H/W" if result.onnx.dynamic else f", batch x 3 x {height} x {width}"),
+    }
+    if result.int8 is not None:
+        s = result.int8.settings
+        notes["onnx_int8"] = f"{result.int8.mode} {s['format']}, {result.int8.quantized_nodes} int8 ops"
+    if "tensorrt" in config["metrics"]:
+        notes["tensorrt"] = f"{config['metrics']['tensorrt']['precision']} engine"
+    lines.append(f"  {'artifact':<10} {'file':<18} {'size':>9}  notes")
+    for key, name in config["artifacts"].items():
+        lines.append(f"  {key:<10} {name:<18} {_size(result.sizes.get(key, 0)):>9}  {notes.get(key, '')}")
+    if result.parity is not None:
+        p, cases = result.parity.overall, result.parity.cases
+        batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
+        sizes = ", ".join(dict.fromkeys(f"{c['size'][0]}x{c['size'][1]}" for c in cases))
+        lines.append(f"  parity fp32: max |logit diff| {p.max_abs_diff:.2e} (logit scale {p.logit_scale:.3g}), "
+                     f"argmax agreement {100 * p.agreement:.3f} % over {result.parity.images} images "
+                     f"({result.parity.source}), batch {batches}, size {sizes}")
+    else:
+        lines.append("  parity fp32: skipped (--skip-parity)")
+    if result.int8 is not None:
+        q = result.int8
+        weights = "8-bit weights: wants a VNNI CPU" if q.settings.get("needs_vnni") else "7-bit weights: any x86 CPU"
+        lines.append(f"  int8: argmax agreement {100 * q.agreement:.2f} % vs fp32, speed-up {q.speedup:.2f}x "
+                     f"({q.fp32_ms:.1f} -> {q.int8_ms:.1f} ms, batch 1, {q.timing.get('threads')} thread; {weights})")
+    if "tensorrt" in config["metrics"]:
+        t = config["metrics"]["tensorrt"]
+        lines.append(f"  tensorrt: {t['precision']}, argmax agreement {100 * t['argmax_agreement']:.2f} % vs fp32, "
+                     f"profile {t['profile']['min']} .. {t['profile']['max']}")
+    lines += [f"  note: {note}" for note in result.onnx.notes]
+    lines.append(f"bundle: {result.path}")
+    return lines
+
+
+def print_report(result: ExportResult, stream: TextIO | None = None) -> None:
+    print("\n".join(report_lines(result)), file=stream or sys.stdout)

@@ -1,0 +1,165 @@
+"""Parity of an exported graph against the torch seg stream, on real-looking images, before anything ships.
+
+Two numbers decide: the largest absolute logit difference relative to the logit scale, and the share
+of pixels whose argmax (the mask the user sees) agrees. Both are measured over several batch sizes
+and, for a dynamic graph, several input sizes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosa_sdk.errors import CosaModelError
+from cosa_sdk.export.images import ImageSet, prepare_batch
+
+FP32_TOLERANCE = 1e-3  # max |diff| / logit scale
+FP32_MIN_AGREEMENT = 0.999
+
+
+@dataclass
+class Comparison:
+    """Reference vs candidate logits, accumulated over batches."""
+
+    max_abs_diff: float = 0.0
+    logit_scale: float = 0.0
+    agreeing: int = 0
+    pixels: int = 0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        if reference.shape != candidate.shape:
+            raise CosaModelError(
+                f"the exported graph returned logits of shape {candidate.shape}, torch {reference.shape}"
+            )
+        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(reference - candidate).max()))
+        self.logit_scale = max(self.logit_scale, float(np.abs(reference).max()))
+        self.agreeing += int((reference.argmax(1) == candidate.argmax(1)).sum())
+        self.pixels += reference.shape[0] * reference.shape[2] * reference.shape[3]
+
+    @property
+    def agreement(self) -> float:
+        return self.agreeing / max(self.pixels, 1)
+
+    @property
+    def relative_diff(self) -> float:
+        """max |diff| over the logit scale (floored at 1, so near-zero logits do not inflate it)."""
+        return self.max_abs_diff / max(self.logit_scale, 1.0)
+
+
+@dataclass
+class ParityReport:
+    """The parity check's numbers, per case and overall, in the form cosa.json `metrics.parity` stores."""
+
+    overall: Comparison
+    cases: list[dict[str, Any]] = field(default_factory=list)
+    images: int = 0
+    source: str = ""
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "max_abs_diff": self.overall.max_abs_diff,
+            "logit_scale": self.overall.logit_scale,
+            "relative_diff": self.overall.relative_diff,
+            "argmax_agreement": self.overall.agreement,
+            "images": self.images,
+            "image_source": self.source,
+            "cases": self.cases,
+        }
+
+    def passed(self, *, tolerance: float = FP32_TOLERANCE, min_agreement: float = FP32_MIN_AGREEMENT) -> bool:
+        return self.overall.relative_diff <= tolerance and self.overall.agreement >= min_agreement
+
+
+def parity_sizes(input_size: tuple[int, int], stride: int, dynamic: bool) -> list[tuple[int, int]]:
+    """The input size, plus for a dynamic graph a smaller square-ish and a wider size (multiples of the stride)."""
+    if not dynamic:
+        return [input_size]
+    height, width = input_size
+
+    def snap(value: float) -> int:
+        return max(stride, round(value / stride) * stride)
+
+    sizes = [input_size, (snap(height * 0.75), snap(width * 0.75)), (snap(height * 0.75), snap(width * 1.25))]
+    return list(dict.fromkeys(sizes))
+
+
+def ort_session(path: str | Path, *, threads: int | None = None) -> Any:
+    """A CPU ONNX Runtime session with the default (full) graph optimisations a user gets.
+
+    Worker threads do not spin-wait: on a machine shared with other jobs spinning threads slow every run.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def torch_logits(stream: Any, batch: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return stream(torch.from_numpy(batch)).float().numpy()
+
+
+def check_parity(
+    stream: Any,
+    onnx_path: str | Path,
+    images: ImageSet,
+    *,
+    input_size: tuple[int, int],
+    stride: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    dynamic: bool = False,
+    batch_sizes: Sequence[int] = (1, 4),
+) -> ParityReport:
+    """Run torch and ONNX Runtime on the same batches; nothing is raised here, see `verify_parity`."""
+    session = ort_session(onnx_path)
+    name = session.get_inputs()[0].name
+    overall = Comparison()
+    cases = []
+    stream = stream.eval()
+    for size in parity_sizes(input_size, stride, dynamic):
+        pixels = prepare_batch(images.images, size, mean, std)
+        for batch_size in batch_sizes:
+            case = Comparison()
+            for start in range(0, len(pixels) - batch_size + 1, batch_size):
+                batch = pixels[start : start + batch_size]
+                reference = torch_logits(stream, batch)
+                candidate = session.run(None, {name: batch})[0]
+                case.add(reference, candidate)
+                overall.add(reference, candidate)
+            cases.append({"size": list(size), "batch": batch_size, "max_abs_diff": case.max_abs_diff,
+                          "argmax_agreement": case.agreement})
+    return ParityReport(overall=overall, cases=cases, images=len(images.images), source=images.source)
+
+
+def verify_parity(
+    stream: Any,
+    onnx_path: str | Path,
+    images: ImageSet,
+    *,
+    tolerance: float = FP32_TOLERANCE,
+    min_agreement: float = FP32_MIN_AGREEMENT,
+    **kwargs: Any,
+) -> ParityReport:
+    """`check_parity`, raising CosaModelError with the numbers when the graph does not match torch."""
+    report = check_parity(stream, onnx_path, images, **kwargs)
+    if not report.passed(tolerance=tolerance, min_agreement=min_agreement):
+        worst = max(report.cases, key=lambda c: c["max_abs_diff"])
+        raise CosaModelError(
+            f"the ONNX graph does not match torch: max |logit diff| {report.overall.max_abs_diff:.3g} "
+            f"(logit scale {report.overall.logit_scale:.3g}, limit {tolerance:g} relative), argmax agreement "
+            f"{100 * report.overall.agreement:.3f} % (limit {100 * min_agreement:g} %), worst at size "
+            f"{worst['size']} batch {worst['batch']}. Nothing was written. Try another --opset, or export a fixed "
+            "size (drop --dynamic); if it persists, report it with the checkpoint's backbone name"
+        )
+    return report

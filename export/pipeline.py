@@ -1,0 +1,167 @@
+"""`export_bundle`: checkpoint -> verified model bundle (safetensors, ONNX, optional INT8 ONNX and TensorRT engine)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from cosa_sdk.errors import CosaConfigError, CosaModelError
+from cosa_sdk.export import tensorrt as trt_logic
+from cosa_sdk.export.bundle import (
+    ONNX_INT8_NAME,
+    ONNX_NAME,
+    WEIGHTS_NAME,
+    bundle_config,
+    jsonable,
+    staged_bundle,
+    write_config,
+    write_weights,
+)
+from cosa_sdk.export.images import prepare_batch, sample_images
+from cosa_sdk.export.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxExport, embed_metadata, export_onnx
+from cosa_sdk.export.parity import Comparison, ParityReport, ort_session, verify_parity
+from cosa_sdk.export.quantize import INT8_MIN_AGREEMENT, Int8Result, quantize_checked, quantize_int8
+from cosa_sdk.export.source import ExportSource, load_source
+
+logger = logging.getLogger(__name__)
+
+TENSORRT_MIN_AGREEMENT = {"fp32": 0.999, "fp16": 0.99, "int8": 0.98}
+
+
+@dataclass
+class ExportOptions:
+    """Everything `cosa export` can be asked; defaults are the CLI's."""
+
+    network: str = "auto"
+    input_size: list[int] | None = None
+    dynamic: bool = False
+    opset: int = 17
+    exporter: str = "auto"
+    int8: bool = False
+    calibration: str = "static"
+    tensorrt: bool = False
+    fp16: bool = False
+    data: str | None = None
+    skip_parity: bool = False
+    force: bool = False
+    parity_images: int = 8
+    calibration_images: int = 32
+    int8_eval_images: int = 16
+    int8_min_agreement: float = INT8_MIN_AGREEMENT
+
+
+@dataclass
+class ExportResult:
+    """What was written where, with the numbers the report prints."""
+
+    path: Path
+    config: dict[str, Any]
+    source: ExportSource
+    onnx: OnnxExport
+    parity: ParityReport | None = None
+    int8: Int8Result | None = None
+    sizes: dict[str, int] = field(default_factory=dict)
+
+
+def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOptions | None = None) -> ExportResult:
+    """Export a checkpoint's seg stream to a bundle at `out`; nothing is written unless every check passes."""
+    options = options or ExportOptions()
+    if options.fp16 and not options.tensorrt:
+        raise CosaConfigError("--fp16 sets the precision of a TensorRT engine: add --tensorrt (ONNX stays fp32)")
+    if options.calibration not in ("static", "dynamic"):
+        raise CosaConfigError(f"--calibration {options.calibration!r}: use static or dynamic")
+    if options.tensorrt:
+        trt_logic.require_tensorrt()  # fail before minutes of work, not after
+    source = load_source(checkpoint, network=options.network, input_size=options.input_size)
+    spec = options.data or source.data_spec
+    needs_images = not options.skip_parity or options.int8 or options.tensorrt
+    images = sample_images(spec, options.parity_images) if needs_images else None
+    metrics: dict[str, Any] = {"training": jsonable(source.record_metrics)} if source.record_metrics else {}
+    artifacts = {"torch": WEIGHTS_NAME, "onnx": ONNX_NAME}
+    with staged_bundle(out, force=options.force) as stage:
+        write_weights(source.stream, stage / WEIGHTS_NAME)
+        onnx = export_onnx(source.stream, stage / ONNX_NAME, input_size=source.input_size,
+                           num_outputs=len(source.classes), dynamic=options.dynamic, opset=options.opset,
+                           exporter=options.exporter)
+        parity = None
+        if not options.skip_parity:
+            parity = verify_parity(source.stream, onnx.path, images, input_size=source.input_size,
+                                   stride=source.stride, mean=source.mean, std=source.std, dynamic=options.dynamic)
+            metrics["parity"] = parity.metrics()
+        calibration = None
+        if options.int8 and (options.calibration == "static" or options.tensorrt):
+            calibration = _normalised(source, spec, options.calibration_images)
+        int8 = None
+        if options.int8:
+            int8 = quantize_checked(onnx.path, stage / ONNX_INT8_NAME,
+                                    _normalised(source, spec, options.int8_eval_images), mode=options.calibration,
+                                    calibration=calibration, min_agreement=options.int8_min_agreement)
+            artifacts["onnx_int8"] = ONNX_INT8_NAME
+            metrics["int8"] = int8.metrics()
+        if options.tensorrt:
+            precision = trt_logic.engine_precision(fp16=options.fp16, int8=options.int8)
+            name = trt_logic.engine_filename(precision)
+            evaluation = prepare_batch(images.images, source.input_size, source.mean, source.std)
+            metrics["tensorrt"] = _tensorrt(source, onnx, evaluation, calibration, stage / name, precision)
+            artifacts["tensorrt"] = name
+        config = bundle_config(source, artifacts=artifacts, onnx=onnx.info(), metrics=metrics)
+        for name in (ONNX_NAME, ONNX_INT8_NAME):
+            if (stage / name).is_file():
+                embed_metadata(stage / name, config)
+        write_config(stage, config)
+        sizes = {key: (stage / name).stat().st_size for key, name in artifacts.items()}
+    return ExportResult(path=Path(out).expanduser().absolute(), config=config, source=source, onnx=onnx,
+                        parity=parity, int8=int8, sizes=sizes)
+
+
+def _normalised(source: ExportSource, spec: str | None, count: int) -> np.ndarray:
+    """`count` real-looking images (training data when reachable) at the bundle's input size, normalised."""
+    images = sample_images(spec, count)
+    logger.info("using %d images from %s", len(images.images), images.source)
+    return prepare_batch(images.images, source.input_size, source.mean, source.std)
+
+
+def _tensorrt(source: ExportSource, exported: OnnxExport, evaluation: np.ndarray, calibration: np.ndarray | None,
+              engine: Path, precision: str) -> dict[str, Any]:
+    """Build the engine (from a symmetric QDQ graph for int8) and check its masks against ONNX Runtime fp32."""
+    import onnx
+
+    graph_path = exported.path
+    if precision == "int8":
+        graph_path = engine.with_name(".tensorrt-qdq.onnx")
+        quantize_int8(exported.path, graph_path, mode="static", calibration=calibration, reduce_range=False,
+                      symmetric=True)
+    model = onnx.load_model(str(graph_path), load_external_data=False)
+    info = trt_logic.build_engine(
+        graph_path, engine, precision=precision,
+        profile=trt_logic.profile_shapes(model, input_size=source.input_size, stride=source.stride),
+        pinned=trt_logic.fp32_pinned_nodes(model),
+    )
+    if graph_path != exported.path:
+        os.remove(graph_path)
+    info["argmax_agreement"] = _engine_agreement(engine, exported.path, evaluation)
+    if info["argmax_agreement"] < TENSORRT_MIN_AGREEMENT[precision]:
+        raise CosaModelError(
+            f"the {precision} TensorRT engine agrees with fp32 ONNX on only {100 * info['argmax_agreement']:.2f} % "
+            "of pixels; nothing was written. Try --fp16 without --int8, or plain fp32"
+        )
+    return info
+
+
+def _engine_agreement(engine: Path, onnx_path: Path, evaluation: np.ndarray) -> float:
+    """Argmax agreement of the engine (run by the SDK's TensorRT backend) with ONNX Runtime fp32."""
+    from cosa_sdk.backends.tensorrt import TensorRTBackend
+
+    backend = TensorRTBackend(engine, input_name=INPUT_NAME, output_name=OUTPUT_NAME)
+    reference = ort_session(onnx_path)
+    comparison = Comparison()
+    for start in range(len(evaluation)):
+        one = evaluation[start : start + 1]
+        comparison.add(reference.run(None, {INPUT_NAME: one})[0], np.asarray(backend.run(one), dtype=np.float32))
+    backend.close()
+    return comparison.agreement

@@ -1,0 +1,139 @@
+"""What export needs from a training checkpoint: the seg stream, its class table, normalisation and input size.
+
+Only the backbone and the LargeFOV decoder leave the checkpoint; the CAM heads and the other network of
+the online/assignment pair stay behind (method spec 1.4).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cosa_sdk.errors import CosaConfigError, CosaModelError
+from cosa_sdk.palette import complete_palette
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class ExportSource:
+    """A checkpoint resolved for export: the seg stream (eval mode) and everything cosa.json records about it."""
+
+    checkpoint: Path
+    stream: Any  # SegmentationStream; typed loosely so this module imports without torch
+    network: str
+    model_config: dict[str, Any]
+    classes: list[str]
+    palette: list[list[int]]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: tuple[int, int]
+    stride: int
+    backbone: str
+    data_spec: str | None
+    weights_source: str | None
+    tta_scales: list[float] | None
+    record_metrics: dict[str, Any]
+
+
+def bundle_classes(classes: Sequence[str], num_outputs: int) -> list[str]:
+    """The bundle's class table (index 0 = background) from a checkpoint's foreground names (or the full table)."""
+    names = [str(c) for c in classes]
+    if len(names) == num_outputs - 1:
+        return ["background", *names]
+    if len(names) == num_outputs and names[0].lower() in ("background", "bg", "_background_"):
+        return names
+    raise CosaModelError(
+        f"the checkpoint lists {len(names)} classes but its decoder has {num_outputs} outputs (background + "
+        f"{num_outputs - 1}); the checkpoint is inconsistent: re-run or re-import it"
+    )
+
+
+def check_input_size(size: Sequence[int], stride: int, *, what: str = "--input-size") -> tuple[int, int]:
+    """(H, W) from one or two positive multiples of the backbone stride; CosaConfigError naming valid sizes."""
+    values = [int(v) for v in size]
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or min(values) <= 0:
+        raise CosaConfigError(f"{what} takes H or H W as positive integers, got {list(size)}")
+    for value in values:
+        if value % stride:
+            low = max(stride, value // stride * stride)
+            raise CosaConfigError(
+                f"{what} {value} is not a multiple of the backbone stride {stride}: use {low} or {low + stride}"
+            )
+    return values[0], values[1]
+
+
+def default_input_size(record: dict[str, Any]) -> list[int] | None:
+    """The size the run trained and evaluated at: `config.input_size`, else the square `data.crop_size`."""
+    config = record.get("config") or {}
+    size = config.get("input_size") if isinstance(config, dict) else None
+    if size is None:
+        crop = (record.get("data") or {}).get("crop_size")
+        size = crop if crop is None else [crop]
+    if size is None:
+        return None
+    return [int(size)] if isinstance(size, int | float) else [int(v) for v in size]
+
+
+def _normalisation(record: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
+    data = record.get("data") or {}
+    mean = tuple(float(v) for v in data.get("mean") or IMAGENET_MEAN)
+    std = tuple(float(v) for v in data.get("std") or IMAGENET_STD)
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or max(*mean, *std) > 1.0:
+        raise CosaModelError(
+            f"the checkpoint's data.mean/std {mean}/{std} are not three values on the 0-1 scale; re-run or re-import it"
+        )
+    return mean, std  # type: ignore[return-value]
+
+
+def load_source(
+    checkpoint: str | Path, *, network: str = "auto", input_size: Sequence[int] | None = None
+) -> ExportSource:
+    """Load a checkpoint (clear CosaModelError for missing, truncated or foreign files) and resolve the export."""
+    from cosa_sdk.training.checkpoint import build_network, load_checkpoint, network_state
+
+    path = Path(checkpoint).expanduser()
+    record = load_checkpoint(path)
+    which, _ = network_state(record, network)
+    model = build_network(record, which)
+    stream = model.seg_stream().eval()
+    config = model.model_config()
+    stride = int(model.stride)
+    if input_size:
+        size = check_input_size(input_size, stride)
+    else:
+        default = default_input_size(record)
+        if default is None:
+            raise CosaConfigError(
+                f"{path} records no training input size (config.input_size or data.crop_size): pass --input-size H [W]"
+            )
+        size = check_input_size(default, stride, what="the checkpoint's input size")
+    classes = bundle_classes(record["classes"], config["num_classes"] + 1)
+    palette = record.get("palette")
+    if palette is not None and len(palette) == len(classes) - 1:
+        palette = [[0, 0, 0], *palette]
+    mean, std = _normalisation(record)
+    train_config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    scales = train_config.get("tta_scales") or train_config.get("eval_scales")
+    return ExportSource(
+        checkpoint=path,
+        stream=stream,
+        network=which,
+        model_config=config,
+        classes=classes,
+        palette=[list(c) for c in complete_palette(palette, len(classes))],
+        mean=mean,
+        std=std,
+        input_size=size,
+        stride=stride,
+        backbone=str(config["backbone"]),
+        data_spec=(record.get("data") or {}).get("spec"),
+        weights_source=record.get("backbone_weights"),
+        tta_scales=[float(s) for s in scales] if scales else None,
+        record_metrics=dict(record.get("metrics") or {}),
+    )
