@@ -80,7 +80,9 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="RUN_DIR/best.pt")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--onnx", action="store_true", help="export ONNX (the default artifact; always on)")
-    p.add_argument("--dynamic", action="store_true", help="dynamic batch and H/W in the ONNX graph")
+    p.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
+                   help="dynamic H/W in the ONNX graph (needed for multi-scale TTA; default: on for imported "
+                        "official checkpoints, off otherwise; the batch is always dynamic)")
     p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
                    help="H [W] of the exported graph (default: the training crop)")
     p.add_argument("--opset", type=int, default=17)

@@ -39,7 +39,7 @@ class ExportOptions:
 
     network: str = "auto"
     input_size: list[int] | None = None
-    dynamic: bool = False
+    dynamic: bool | None = None  # None: dynamic when the checkpoint asks for multi-scale TTA (imported official runs)
     opset: int = 17
     exporter: str = "auto"
     int8: bool = False
@@ -78,6 +78,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
     if options.tensorrt:
         trt_logic.require_tensorrt()  # fail before minutes of work, not after
     source = load_source(checkpoint, network=options.network, input_size=options.input_size)
+    dynamic = options.dynamic if options.dynamic is not None else bool(source.tta_scales)
     spec = options.data or source.data_spec
     needs_images = not options.skip_parity or options.int8 or options.tensorrt
     images = sample_images(spec, options.parity_images) if needs_images else None
@@ -86,12 +87,12 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
     with staged_bundle(out, force=options.force) as stage:
         write_weights(source.stream, stage / WEIGHTS_NAME)
         onnx = export_onnx(source.stream, stage / ONNX_NAME, input_size=source.input_size,
-                           num_outputs=len(source.classes), dynamic=options.dynamic, opset=options.opset,
+                           num_outputs=len(source.classes), dynamic=dynamic, opset=options.opset,
                            exporter=options.exporter)
         parity = None
         if not options.skip_parity:
             parity = verify_parity(source.stream, onnx.path, images, input_size=source.input_size,
-                                   stride=source.stride, mean=source.mean, std=source.std, dynamic=options.dynamic)
+                                   stride=source.stride, mean=source.mean, std=source.std, dynamic=dynamic)
             metrics["parity"] = parity.metrics()
         calibration = None
         if options.int8 and (options.calibration == "static" or options.tensorrt):
