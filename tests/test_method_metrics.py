@@ -10,7 +10,8 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.metrics import ConfusionMatrix, format_iou_table, miou_scores
+from cosa_sdk.training.evaluate import format_scores
+from cosa_sdk.training.metrics import ConfusionMatrix, miou_scores
 
 
 def test_matrix_matches_sklearn_and_ignores_255() -> None:
@@ -54,8 +55,14 @@ def test_bad_predictions_are_explained() -> None:
         cm.update(np.array([0.5]), np.array([0]))
 
 
-def test_format_table_lists_classes_and_mean() -> None:
-    scores = {"per_class_iou": [0.9, float("nan"), 0.5], "miou": 0.7, "pixel_acc": 0.8}
-    table = format_iou_table(["background", "cat", "dog"], scores)
-    assert "90.00" in table and "50.00" in table and "70.00" in table
-    assert table.splitlines()[3].split()[-1] == "-"
+def test_score_table_lists_classes_protocols_and_means() -> None:
+    scores = {
+        "per_class_iou": {"background": 90.0, "cat": None, "dog": 50.0},
+        "per_class_iou_gt_filtered": {"background": 91.0, "cat": None, "dog": 55.5},
+        "per_class_cam_iou": {"background": 80.0, "cat": None, "dog": 40.0},
+        "seg_miou": 70.0, "seg_miou_gt_filtered": 73.25, "cam_miou": 60.0, "num_images": 3,
+    }
+    lines = format_scores(scores).splitlines()
+    assert lines[1].split() == ["background", "90.00", "91.00", "80.00"]
+    assert lines[2].split() == ["cat", "-", "-", "-"]
+    assert lines[4].split() == ["mIoU", "70.00", "73.25", "60.00"]

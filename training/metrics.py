@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 
 from cosa_sdk.errors import CosaInputError
@@ -86,19 +84,3 @@ def miou_scores(matrix: np.ndarray) -> dict[str, object]:
     miou = float(np.nanmean(iou[present])) if present.any() else float("nan")
     return {"per_class_iou": [float(v) for v in iou], "miou": miou, "pixel_acc": float(pixel_acc)}
 
-
-def format_iou_table(class_names: Sequence[str], scores: dict[str, object]) -> str:
-    """Plain-text table of per-class IoU and mIoU in percent (2 decimals); '-' for undefined classes."""
-    ious = list(scores["per_class_iou"])  # type: ignore[arg-type]
-    if len(class_names) != len(ious):
-        raise CosaInputError(f"got {len(class_names)} class names for {len(ious)} IoU values.")
-    width = max([len("pixAcc"), *(len(n) for n in class_names)])
-    lines = [f"{'class':<{width}}  IoU (%)", "-" * (width + 9)]
-    for name, value in zip(class_names, ious):
-        text = "-" if value is None or np.isnan(value) else f"{100 * value:6.2f}"
-        lines.append(f"{name:<{width}}  {text:>7}")
-    lines.append("-" * (width + 9))
-    lines.append(f"{'mIoU':<{width}}  {100 * float(scores['miou']):7.2f}")  # type: ignore[arg-type]
-    if "pixel_acc" in scores:
-        lines.append(f"{'pixAcc':<{width}}  {100 * float(scores['pixel_acc']):7.2f}")  # type: ignore[arg-type]
-    return "\n".join(lines)
