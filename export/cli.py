@@ -35,12 +35,14 @@ def report_lines(result: ExportResult) -> list[str]:
     """The table `cosa export` prints: artifacts with sizes, parity, INT8 and TensorRT numbers, and the path."""
     config, source = result.config, result.source
     height, width = source.input_size
-    lines = [f"cosa export: {source.backbone}, {source.network} network, {len(source.classes)} classes, "
-             f"input {height}x{width}{' (dynamic)' if result.onnx.dynamic else ''}"]
+    lines = [
+        f"cosa export: {source.backbone}, {source.network} network, {len(source.classes)} classes, "
+        f"input {height}x{width}{' (dynamic)' if result.onnx.dynamic else ''}"
+    ]
     notes = {
         "torch": "seg stream weights (backbone + decoder)",
         "onnx": f"opset {result.onnx.opset}, {result.onnx.exporter} exporter"
-                + (", dynamic batch/H/W" if result.onnx.dynamic else f", batch x 3 x {height} x {width}"),
+        + (", dynamic batch/H/W" if result.onnx.dynamic else f", batch x 3 x {height} x {width}"),
     }
     if result.int8 is not None:
         s = result.int8.settings
@@ -54,20 +56,26 @@ def report_lines(result: ExportResult) -> list[str]:
         p, cases = result.parity.overall, result.parity.cases
         batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
         sizes = ", ".join(dict.fromkeys(f"{c['size'][0]}x{c['size'][1]}" for c in cases))
-        lines.append(f"  parity fp32: max |logit diff| {p.max_abs_diff:.2e} (logit scale {p.logit_scale:.3g}), "
-                     f"argmax agreement {100 * p.agreement:.3f} % over {result.parity.images} images "
-                     f"({result.parity.source}), batch {batches}, size {sizes}")
+        lines.append(
+            f"  parity fp32: max |logit diff| {p.max_abs_diff:.2e} (logit scale {p.logit_scale:.3g}), "
+            f"argmax agreement {100 * p.agreement:.3f} % over {result.parity.images} images "
+            f"({result.parity.source}), batch {batches}, size {sizes}"
+        )
     else:
         lines.append("  parity fp32: skipped (--skip-parity)")
     if result.int8 is not None:
         q = result.int8
         weights = "8-bit weights: wants a VNNI CPU" if q.settings.get("needs_vnni") else "7-bit weights: any x86 CPU"
-        lines.append(f"  int8: argmax agreement {100 * q.agreement:.2f} % vs fp32, speed-up {q.speedup:.2f}x "
-                     f"({q.fp32_ms:.1f} -> {q.int8_ms:.1f} ms, batch 1, {q.timing.get('threads')} thread; {weights})")
+        lines.append(
+            f"  int8: argmax agreement {100 * q.agreement:.2f} % vs fp32, speed-up {q.speedup:.2f}x "
+            f"({q.fp32_ms:.1f} -> {q.int8_ms:.1f} ms, batch 1, {q.timing.get('threads')} thread; {weights})"
+        )
     if "tensorrt" in config["metrics"]:
         t = config["metrics"]["tensorrt"]
-        lines.append(f"  tensorrt: {t['precision']}, argmax agreement {100 * t['argmax_agreement']:.2f} % vs fp32, "
-                     f"profile {t['profile']['min']} .. {t['profile']['max']}")
+        lines.append(
+            f"  tensorrt: {t['precision']}, argmax agreement {100 * t['argmax_agreement']:.2f} % vs fp32, "
+            f"profile {t['profile']['min']} .. {t['profile']['max']}"
+        )
     lines += [f"  note: {note}" for note in result.onnx.notes]
     lines.append(f"bundle: {result.path}")
     return lines

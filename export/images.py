@@ -18,8 +18,18 @@ from cosa_sdk.errors import CosaError, CosaModelError
 
 logger = logging.getLogger(__name__)
 
-SKIMAGE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "hubble_deep_field", "camera",
-                  "immunohistochemistry", "retina", "cat")
+SKIMAGE_PHOTOS = (
+    "astronaut",
+    "chelsea",
+    "coffee",
+    "rocket",
+    "motorcycle_left",
+    "hubble_deep_field",
+    "camera",
+    "immunohistochemistry",
+    "retina",
+    "cat",
+)
 
 
 @dataclass(frozen=True)

@@ -48,12 +48,17 @@ class OnnxExport:
 
     def info(self) -> dict[str, Any]:
         """The cosa.json "onnx" entry."""
-        return {"input": INPUT_NAME, "output": OUTPUT_NAME, "dynamic": self.dynamic, "opset": self.opset,
-                "exporter": self.exporter}
+        return {
+            "input": INPUT_NAME,
+            "output": OUTPUT_NAME,
+            "dynamic": self.dynamic,
+            "opset": self.opset,
+            "exporter": self.exporter,
+        }
 
 
 def pick_exporter(opset: int, exporter: str = "auto") -> str:
-    """"dynamo" or "torchscript" for a requested opset; CosaConfigError for opsets below 17."""
+    """ "dynamo" or "torchscript" for a requested opset; CosaConfigError for opsets below 17."""
     if opset < MIN_OPSET:
         raise CosaConfigError(
             f"--opset {opset} is too old: opset {MIN_OPSET}+ keeps LayerNormalization a single node; use --opset 18"
@@ -100,8 +105,15 @@ def _export_dynamo(stream: Any, example: Any, *, opset: int, dynamic: bool) -> A
         dims |= {2: Dim.DYNAMIC, 3: Dim.DYNAMIC}
     with _quiet():
         program = torch.onnx.export(
-            stream, (example,), dynamo=True, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_shapes={"images": dims}, optimize=True, verbose=False,
+            stream,
+            (example,),
+            dynamo=True,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_shapes={"images": dims},
+            optimize=True,
+            verbose=False,
         )
     return program.model_proto
 
@@ -133,8 +145,15 @@ def _export_torchscript(stream: Any, example: Any, *, opset: int, dynamic: bool)
     buffer = io.BytesIO()
     with _quiet():
         torch.onnx.export(
-            stream, (example,), buffer, dynamo=False, opset_version=opset, input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME], dynamic_axes=axes, do_constant_folding=True,
+            stream,
+            (example,),
+            buffer,
+            dynamo=False,
+            opset_version=opset,
+            input_names=[INPUT_NAME],
+            output_names=[OUTPUT_NAME],
+            dynamic_axes=axes,
+            do_constant_folding=True,
         )
     # The TorchScript graph carries Identity/Constant clutter (1027 nodes for a ViT-Ti, 624 after folding).
     return _fold_constants(onnx.load_from_string(buffer.getvalue()))
@@ -153,8 +172,10 @@ def _name_dims(model: Any, *, input_size: tuple[int, int], num_outputs: int, dyn
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in rename:
                 dim.dim_param = rename[dim.dim_param]
-    for value, shape in ((model.graph.input[0], ["batch", 3, *spatial]),
-                         (model.graph.output[0], ["batch", num_outputs, *spatial])):
+    for value, shape in (
+        (model.graph.input[0], ["batch", 3, *spatial]),
+        (model.graph.output[0], ["batch", num_outputs, *spatial]),
+    ):
         for dim, want in zip(value.type.tensor_type.shape.dim, shape):
             if isinstance(want, str):
                 dim.dim_param = want
@@ -209,8 +230,9 @@ def export_onnx(
             )
         except Exception as err:
             if chosen != "dynamo":
-                raise CosaModelError(f"ONNX export failed with the TorchScript exporter ({err}); try --opset 18, "
-                                     "which uses torch.export") from err
+                raise CosaModelError(
+                    f"ONNX export failed with the TorchScript exporter ({err}); try --opset 18, which uses torch.export"
+                ) from err
             logger.warning("the dynamo exporter failed (%s); retrying with the TorchScript exporter", err)
             notes.append(f"dynamo exporter failed ({type(err).__name__}); used torchscript")
             chosen = "torchscript"
@@ -224,8 +246,15 @@ def export_onnx(
     check_graph(model, input_size=input_size, num_outputs=num_outputs, dynamic=dynamic)
     onnx.save_model(model, str(path))
     census = Counter(node.op_type for node in model.graph.node)
-    return OnnxExport(path=path, exporter=chosen, opset=int(written_opset), dynamic=dynamic, input_size=input_size,
-                      op_types=dict(sorted(census.items())), notes=notes)
+    return OnnxExport(
+        path=path,
+        exporter=chosen,
+        opset=int(written_opset),
+        dynamic=dynamic,
+        input_size=input_size,
+        op_types=dict(sorted(census.items())),
+        notes=notes,
+    )
 
 
 def embed_metadata(path: str | Path, config: dict[str, Any]) -> None:

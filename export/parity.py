@@ -137,8 +137,14 @@ def check_parity(
                 candidate = session.run(None, {name: batch})[0]
                 case.add(reference, candidate)
                 overall.add(reference, candidate)
-            cases.append({"size": list(size), "batch": batch_size, "max_abs_diff": case.max_abs_diff,
-                          "argmax_agreement": case.agreement})
+            cases.append(
+                {
+                    "size": list(size),
+                    "batch": batch_size,
+                    "max_abs_diff": case.max_abs_diff,
+                    "argmax_agreement": case.agreement,
+                }
+            )
     return ParityReport(overall=overall, cases=cases, images=len(images.images), source=images.source)
 
 

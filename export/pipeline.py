@@ -86,22 +86,41 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
     artifacts = {"torch": WEIGHTS_NAME, "onnx": ONNX_NAME}
     with staged_bundle(out, force=options.force) as stage:
         write_weights(source.stream, stage / WEIGHTS_NAME)
-        onnx = export_onnx(source.stream, stage / ONNX_NAME, input_size=source.input_size,
-                           num_outputs=len(source.classes), dynamic=dynamic, opset=options.opset,
-                           exporter=options.exporter)
+        onnx = export_onnx(
+            source.stream,
+            stage / ONNX_NAME,
+            input_size=source.input_size,
+            num_outputs=len(source.classes),
+            dynamic=dynamic,
+            opset=options.opset,
+            exporter=options.exporter,
+        )
         parity = None
         if not options.skip_parity:
-            parity = verify_parity(source.stream, onnx.path, images, input_size=source.input_size,
-                                   stride=source.stride, mean=source.mean, std=source.std, dynamic=dynamic)
+            parity = verify_parity(
+                source.stream,
+                onnx.path,
+                images,
+                input_size=source.input_size,
+                stride=source.stride,
+                mean=source.mean,
+                std=source.std,
+                dynamic=dynamic,
+            )
             metrics["parity"] = parity.metrics()
         calibration = None
         if options.int8 and (options.calibration == "static" or options.tensorrt):
             calibration = _normalised(source, spec, options.calibration_images)
         int8 = None
         if options.int8:
-            int8 = quantize_checked(onnx.path, stage / ONNX_INT8_NAME,
-                                    _normalised(source, spec, options.int8_eval_images), mode=options.calibration,
-                                    calibration=calibration, min_agreement=options.int8_min_agreement)
+            int8 = quantize_checked(
+                onnx.path,
+                stage / ONNX_INT8_NAME,
+                _normalised(source, spec, options.int8_eval_images),
+                mode=options.calibration,
+                calibration=calibration,
+                min_agreement=options.int8_min_agreement,
+            )
             artifacts["onnx_int8"] = ONNX_INT8_NAME
             metrics["int8"] = int8.metrics()
         if options.tensorrt:
@@ -116,8 +135,15 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
                 embed_metadata(stage / name, config)
         write_config(stage, config)
         sizes = {key: (stage / name).stat().st_size for key, name in artifacts.items()}
-    return ExportResult(path=Path(out).expanduser().absolute(), config=config, source=source, onnx=onnx,
-                        parity=parity, int8=int8, sizes=sizes)
+    return ExportResult(
+        path=Path(out).expanduser().absolute(),
+        config=config,
+        source=source,
+        onnx=onnx,
+        parity=parity,
+        int8=int8,
+        sizes=sizes,
+    )
 
 
 def _normalised(source: ExportSource, spec: str | None, count: int) -> np.ndarray:
@@ -127,19 +153,28 @@ def _normalised(source: ExportSource, spec: str | None, count: int) -> np.ndarra
     return prepare_batch(images.images, source.input_size, source.mean, source.std)
 
 
-def _tensorrt(source: ExportSource, exported: OnnxExport, evaluation: np.ndarray, calibration: np.ndarray | None,
-              engine: Path, precision: str) -> dict[str, Any]:
+def _tensorrt(
+    source: ExportSource,
+    exported: OnnxExport,
+    evaluation: np.ndarray,
+    calibration: np.ndarray | None,
+    engine: Path,
+    precision: str,
+) -> dict[str, Any]:
     """Build the engine (from a symmetric QDQ graph for int8) and check its masks against ONNX Runtime fp32."""
     import onnx
 
     graph_path = exported.path
     if precision == "int8":
         graph_path = engine.with_name(".tensorrt-qdq.onnx")
-        quantize_int8(exported.path, graph_path, mode="static", calibration=calibration, reduce_range=False,
-                      symmetric=True)
+        quantize_int8(
+            exported.path, graph_path, mode="static", calibration=calibration, reduce_range=False, symmetric=True
+        )
     model = onnx.load_model(str(graph_path), load_external_data=False)
     info = trt_logic.build_engine(
-        graph_path, engine, precision=precision,
+        graph_path,
+        engine,
+        precision=precision,
         profile=trt_logic.profile_shapes(model, input_size=source.input_size, stride=source.stride),
         pinned=trt_logic.fp32_pinned_nodes(model),
     )

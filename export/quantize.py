@@ -56,9 +56,17 @@ class Int8Result:
         return self.fp32_ms / self.int8_ms if self.int8_ms else 0.0
 
     def metrics(self) -> dict[str, Any]:
-        return {"mode": self.mode, **self.settings, "quantized_nodes": self.quantized_nodes,
-                "argmax_agreement": self.agreement, "max_abs_diff": self.max_abs_diff, "fp32_ms": self.fp32_ms,
-                "int8_ms": self.int8_ms, "speedup": self.speedup, "timing": self.timing}
+        return {
+            "mode": self.mode,
+            **self.settings,
+            "quantized_nodes": self.quantized_nodes,
+            "argmax_agreement": self.agreement,
+            "max_abs_diff": self.max_abs_diff,
+            "fp32_ms": self.fp32_ms,
+            "int8_ms": self.int8_ms,
+            "speedup": self.speedup,
+            "timing": self.timing,
+        }
 
 
 def cpu_flags() -> set[str]:
@@ -90,8 +98,9 @@ def quantization_plan(model: Any, mode: str) -> tuple[list[str], list[str]]:
         excluded += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     if not any(node.op_type in op_types and node.name not in excluded for node in model.graph.node):
         fix = "use --calibration static" if mode == "dynamic" else "skip --int8 for this model"
-        raise CosaModelError(f"the graph has no {'/'.join(op_types)} nodes that INT8 {mode} quantisation would speed "
-                             f"up: {fix}")
+        raise CosaModelError(
+            f"the graph has no {'/'.join(op_types)} nodes that INT8 {mode} quantisation would speed up: {fix}"
+        )
     return op_types, sorted(set(excluded))
 
 
@@ -139,11 +148,23 @@ def quantize_int8(
         prepared = prepared or prepare_for_quantization(fp32_path, Path(scratch) / "prepared.onnx")
         model = onnx.load_model(str(prepared))
         op_types, excluded = quantization_plan(model, mode)
-        settings: dict[str, Any] = {"op_types": op_types, "fp32_nodes": excluded, "per_channel": per_channel,
-                                    "reduce_range": reduce_range, "weights": "int8"}
+        settings: dict[str, Any] = {
+            "op_types": op_types,
+            "fp32_nodes": excluded,
+            "per_channel": per_channel,
+            "reduce_range": reduce_range,
+            "weights": "int8",
+        }
         if mode == "dynamic":
-            quantize_dynamic(prepared, out_path, op_types_to_quantize=op_types, nodes_to_exclude=excluded,
-                             per_channel=per_channel, reduce_range=reduce_range, weight_type=QuantType.QInt8)
+            quantize_dynamic(
+                prepared,
+                out_path,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=excluded,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                weight_type=QuantType.QInt8,
+            )
             settings |= {"format": "QOperator", "activations": "uint8 (dynamic)"}
         else:
             if calibration is None or not len(calibration):
@@ -151,16 +172,29 @@ def quantize_int8(
             reader = calibration_reader(calibration, model.graph.input[0].name)
             activation = QuantType.QInt8 if symmetric else QuantType.QUInt8
             quantize_static(
-                prepared, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-                nodes_to_exclude=excluded, per_channel=per_channel, reduce_range=reduce_range,
-                activation_type=activation, weight_type=QuantType.QInt8,
+                prepared,
+                out_path,
+                reader,
+                quant_format=QuantFormat.QDQ,
+                op_types_to_quantize=op_types,
+                nodes_to_exclude=excluded,
+                per_channel=per_channel,
+                reduce_range=reduce_range,
+                activation_type=activation,
+                weight_type=QuantType.QInt8,
                 # Only inputs of quantised ops are quantised: outputs stay fp32, so Softmax and LayerNorm never
                 # see 8-bit attention scores or residuals.
-                extra_options={"ActivationSymmetric": symmetric, "WeightSymmetric": True,
-                               "OpTypesToExcludeOutputQuantization": op_types},
+                extra_options={
+                    "ActivationSymmetric": symmetric,
+                    "WeightSymmetric": True,
+                    "OpTypesToExcludeOutputQuantization": op_types,
+                },
             )
-            settings |= {"format": "QDQ", "activations": "int8 symmetric" if symmetric else "uint8",
-                         "calibration_images": len(calibration)}
+            settings |= {
+                "format": "QDQ",
+                "activations": "int8 symmetric" if symmetric else "uint8",
+                "calibration_images": len(calibration),
+            }
     count = quantized_ops(onnx.load_model(str(out_path), load_external_data=False))
     return Int8Result(path=out_path, mode=mode, settings=settings, quantized_nodes=count)
 
@@ -176,9 +210,12 @@ def prepare_for_quantization(fp32_path: str | Path, out_path: Path) -> Path:
 def quantized_ops(model: Any) -> int:
     """Operators that run in int8: integer/QLinear kernels, or (QDQ) MatMul/Gemm/Conv fed by DequantizeLinear."""
     dequantized = {out for node in model.graph.node if node.op_type == "DequantizeLinear" for out in node.output}
-    return sum(1 for node in model.graph.node
-               if node.op_type in ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")
-               or (node.op_type in STATIC_OP_TYPES and any(name in dequantized for name in node.input)))
+    return sum(
+        1
+        for node in model.graph.node
+        if node.op_type in ("MatMulInteger", "ConvInteger", "QLinearMatMul", "QLinearConv")
+        or (node.op_type in STATIC_OP_TYPES and any(name in dequantized for name in node.input))
+    )
 
 
 def latencies_ms(session: Any, batch: np.ndarray, *, repeats: int) -> list[float]:
@@ -258,8 +295,9 @@ def quantize_checked(
         prepared = prepare_for_quantization(fp32_path, Path(scratch) / "prepared.onnx")
         for index, (candidate, reduce_range) in enumerate(int8_candidates(fp32_path, mode)):
             path = out_path.with_name(f".{out_path.stem}.candidate{index}.onnx")
-            result = quantize_int8(fp32_path, path, mode=candidate, calibration=calibration,
-                                   reduce_range=reduce_range, prepared=prepared)
+            result = quantize_int8(
+                fp32_path, path, mode=candidate, calibration=calibration, reduce_range=reduce_range, prepared=prepared
+            )
             measure_int8(result, fp32_path, evaluation, repeats=0)
             tried.append({"mode": candidate, "reduce_range": reduce_range, "argmax_agreement": result.agreement})
             if result.agreement >= min_agreement + (PORTABLE_MARGIN if reduce_range else 0.0):
@@ -272,14 +310,18 @@ def quantize_checked(
         if chosen is None or leftover != chosen.path:
             leftover.unlink()
     if chosen is None:
-        attempts = ", ".join(f"{t['mode']} {'7' if t['reduce_range'] else '8'}-bit {100 * t['argmax_agreement']:.2f} %"
-                             for t in tried)
+        attempts = ", ".join(
+            f"{t['mode']} {'7' if t['reduce_range'] else '8'}-bit {100 * t['argmax_agreement']:.2f} %" for t in tried
+        )
         raise CosaModelError(
             f"no INT8 version agrees with fp32 on {100 * min_agreement:g} % of pixels (tried {attempts}); nothing "
             "was written. This happens when the fp32 model is undecided on many pixels (an early checkpoint): ship "
             "fp32 only (drop --int8), export a later checkpoint, or calibrate on the training data (--data SPEC)"
         )
     chosen.path = Path(chosen.path).replace(out_path)
-    chosen.settings |= {"attempts": tried, "needs_vnni": not chosen.settings["reduce_range"],
-                        "evaluation_images": len(evaluation)}
+    chosen.settings |= {
+        "attempts": tried,
+        "needs_vnni": not chosen.settings["reduce_range"],
+        "evaluation_images": len(evaluation),
+    }
     return measure_int8(chosen, fp32_path, evaluation)

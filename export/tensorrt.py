@@ -115,8 +115,9 @@ def profile_shapes(
             shapes.append((snap(size * size_scale[0]), size, snap(size * size_scale[1])))
         else:
             raise CosaModelError(f"the ONNX input {name!r} has a free channel dimension; expected 3 channels")
-    return ProfileShapes(name=name, min=tuple(s[0] for s in shapes), opt=tuple(s[1] for s in shapes),
-                         max=tuple(s[2] for s in shapes))
+    return ProfileShapes(
+        name=name, min=tuple(s[0] for s in shapes), opt=tuple(s[1] for s in shapes), max=tuple(s[2] for s in shapes)
+    )
 
 
 def unsupported_ops(model: Any) -> dict[str, str]:
@@ -170,8 +171,9 @@ def _layernorm_chain(start: Any, consumers: dict[str, list[Any]]) -> list[str]:
     chain = [start]
     frontier = [start]
     for op_type in _LAYERNORM_CHAIN[1:]:
-        following = [c for node in frontier for out in node.output for c in consumers.get(out, [])
-                     if c.op_type == op_type]
+        following = [
+            c for node in frontier for out in node.output for c in consumers.get(out, []) if c.op_type == op_type
+        ]
         if not following:
             return []
         chain += following
@@ -179,8 +181,9 @@ def _layernorm_chain(start: Any, consumers: dict[str, list[Any]]) -> list[str]:
     return [node.name for node in chain]
 
 
-def layer_is_pinned(layer_name: str, output_names: Iterable[str], pinned_nodes: set[str],
-                    pinned_tensors: set[str]) -> bool:
+def layer_is_pinned(
+    layer_name: str, output_names: Iterable[str], pinned_nodes: set[str], pinned_tensors: set[str]
+) -> bool:
     """Whether a TensorRT layer comes from a pinned ONNX node: by its name or by the tensors it produces."""
     return layer_name in pinned_nodes or any(name in pinned_tensors for name in output_names)
 
@@ -245,8 +248,13 @@ def build_engine(
     if serialized is None:
         raise CosaModelError(f"TensorRT could not build a {precision} engine from {onnx_path}; see its log above")
     Path(out_path).write_bytes(bytes(serialized))
-    return {"precision": precision, "profile": profile.as_dict(), "fp32_layers": kept,
-            "tensorrt_version": trt.__version__, "workspace_gib": workspace_gib}
+    return {
+        "precision": precision,
+        "profile": profile.as_dict(),
+        "fp32_layers": kept,
+        "tensorrt_version": trt.__version__,
+        "workspace_gib": workspace_gib,
+    }
 
 
 def _pin_layers(trt: Any, network: Any, model: Any, pinned: Sequence[str]) -> int:

@@ -20,18 +20,44 @@ from cosa_sdk.training.engine import Trainer  # noqa: E402
 
 DATA = "synthetic:n_train=12,n_val=4,size=64,seed=3"
 TINY_OVERRIDES = [
-    "backbone=vit_tiny_patch16_224", "backbone_weights=none", "freeze_blocks=0", "crop_size=64",
-    "batch_size=2", "loss_warmup_iters=2", "lr_warmup_iters=2", "eval_every=3", "checkpoint_every=3",
-    "sample_every=3", "num_workers=0", "decoder_channels=16", "dilation=2", "progress=false", "log_every=1",
+    "backbone=vit_tiny_patch16_224",
+    "backbone_weights=none",
+    "freeze_blocks=0",
+    "crop_size=64",
+    "batch_size=2",
+    "loss_warmup_iters=2",
+    "lr_warmup_iters=2",
+    "eval_every=3",
+    "checkpoint_every=3",
+    "sample_every=3",
+    "num_workers=0",
+    "decoder_channels=16",
+    "dilation=2",
+    "progress=false",
+    "log_every=1",
     "pseudo_scales=1.0,0.5",
 ]
 
 
 def tiny_config(**changes):
     config = dataclasses.replace(
-        preset("tiny"), backbone="vit_tiny_patch16_224", backbone_weights=None, freeze_blocks=0, crop_size=64,
-        batch_size=2, iters=6, loss_warmup_iters=2, lr_warmup_iters=2, eval_every=3, checkpoint_every=3,
-        sample_every=3, num_workers=0, decoder_channels=16, dilation=2, progress=False, log_every=1,
+        preset("tiny"),
+        backbone="vit_tiny_patch16_224",
+        backbone_weights=None,
+        freeze_blocks=0,
+        crop_size=64,
+        batch_size=2,
+        iters=6,
+        loss_warmup_iters=2,
+        lr_warmup_iters=2,
+        eval_every=3,
+        checkpoint_every=3,
+        sample_every=3,
+        num_workers=0,
+        decoder_channels=16,
+        dilation=2,
+        progress=False,
+        log_every=1,
         pseudo_scales=(1.0, 0.5),
     )
     return dataclasses.replace(config, **changes)
@@ -44,8 +70,7 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def test_train_and_eval_through_the_cli(tmp_path, capsys) -> None:
     run = tmp_path / "run"
-    code = cosa_main(["train", "--data", DATA, "--preset", "tiny", "--out", str(run), "--iters", "6",
-                      *TINY_OVERRIDES])
+    code = cosa_main(["train", "--data", DATA, "--preset", "tiny", "--out", str(run), "--iters", "6", *TINY_OVERRIDES])
     assert code == 0
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
         assert (run / name).exists(), name
@@ -109,8 +134,9 @@ def test_resume_with_another_config_names_the_difference(tmp_path) -> None:
 
 def test_all_ignore_pseudo_labels_give_a_finite_loss(tmp_path) -> None:
     # t_low < 0 < t_high > 1: no pixel is confidently background or foreground, so every CPL pixel is ignore.
-    config = tiny_config(iters=4, t_high=1.5, t_low=-1.0, aux_t_high=1.5, aux_t_low=-1.0, eval_every=100,
-                         sample_every=100)
+    config = tiny_config(
+        iters=4, t_high=1.5, t_low=-1.0, aux_t_high=1.5, aux_t_low=-1.0, eval_every=100, sample_every=100
+    )
     trainer = Trainer(config, run_dir=tmp_path / "run", data_spec=DATA)
     trainer.fit()
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
@@ -155,9 +181,20 @@ def test_two_process_gloo_ranks_hold_identical_weights(tmp_path) -> None:
     data = "synthetic:n_train=8,n_val=2,size=32,seed=5"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(run), data],
-        capture_output=True, text=True, timeout=300, env=env,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(run),
+            data,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     digests = {(run / f"rank{r}.sha").read_text() for r in (0, 1)}
@@ -167,14 +204,12 @@ def test_two_process_gloo_ranks_hold_identical_weights(tmp_path) -> None:
 def test_step_batches_split_one_stream_across_ranks_and_resume_exactly() -> None:
     from cosa_sdk.training.sampler import StepBatchSampler
 
-    ranks = [StepBatchSampler(num_samples=5, batch_size=2, total_steps=4, seed=1, rank=r, world_size=2)
-             for r in (0, 1)]
+    ranks = [StepBatchSampler(num_samples=5, batch_size=2, total_steps=4, seed=1, rank=r, world_size=2) for r in (0, 1)]
     batches = [list(sampler) for sampler in ranks]
     flat = [key for step in range(4) for rank in (0, 1) for key in batches[rank][step]]
     assert sorted(k % 5 for k in flat[:5]) == [0, 1, 2, 3, 4], "each epoch visits every sample once"
     assert len(set(flat)) == len(flat), "keys never repeat, so augmentations differ across epochs"
-    resumed = StepBatchSampler(num_samples=5, batch_size=2, total_steps=4, start_step=2, seed=1, rank=1,
-                               world_size=2)
+    resumed = StepBatchSampler(num_samples=5, batch_size=2, total_steps=4, start_step=2, seed=1, rank=1, world_size=2)
     assert list(resumed) == batches[1][2:]
 
 

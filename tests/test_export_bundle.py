@@ -72,18 +72,27 @@ class BaseBundleTester:
         assert config["classes"] == ["background", *CLASSES]
         assert config["input_size"] == [self.input_size, self.input_size]
         assert config["backbone"] == self.backbone
-        assert config["artifacts"] == {"torch": "model.safetensors", "onnx": "model.onnx",
-                                       "onnx_int8": "model.int8.onnx"}
+        assert config["artifacts"] == {
+            "torch": "model.safetensors",
+            "onnx": "model.onnx",
+            "onnx_int8": "model.int8.onnx",
+        }
         assert config["onnx"]["input"] == "image" and config["onnx"]["output"] == "logits"
         assert config["onnx"]["opset"] >= 17 and config["onnx"]["dynamic"] is False
         assert config["network"] == "online"
-        assert sorted(p.name for p in bundle.iterdir()) == ["cosa.json", "model.int8.onnx", "model.onnx",
-                                                            "model.safetensors"]
+        assert sorted(p.name for p in bundle.iterdir()) == [
+            "cosa.json",
+            "model.int8.onnx",
+            "model.onnx",
+            "model.safetensors",
+        ]
         parity = config["metrics"]["parity"]
         assert parity["relative_diff"] <= 1e-3 and parity["argmax_agreement"] >= 0.999
         assert parity["image_source"].startswith("dataset custom:")
-        assert {(c["batch"], tuple(c["size"])) for c in parity["cases"]} == {(1, (self.input_size,) * 2),
-                                                                             (4, (self.input_size,) * 2)}
+        assert {(c["batch"], tuple(c["size"])) for c in parity["cases"]} == {
+            (1, (self.input_size,) * 2),
+            (4, (self.input_size,) * 2),
+        }
 
     def test_report_lists_artifacts_parity_int8_and_path(self, exported: tuple[Path, str], config: dict) -> None:
         bundle, report = exported
@@ -107,8 +116,9 @@ class BaseBundleTester:
         assert dims == ["batch", 3, self.input_size, self.input_size]
         assert out == ["batch", len(CLASSES) + 1, self.input_size, self.input_size]
 
-    def test_onnx_runtime_matches_torch_at_batch_1_and_4(self, bundle: Path, checkpoint: Path, config: dict,
-                                                           scenes: tuple[np.ndarray, np.ndarray]) -> None:
+    def test_onnx_runtime_matches_torch_at_batch_1_and_4(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
         stream = torch_stream(checkpoint)
         batch = normalised(scenes[0], config)
@@ -119,8 +129,9 @@ class BaseBundleTester:
             np.testing.assert_allclose(got, reference[:size], atol=1e-4, rtol=0)
             assert agreement(got.argmax(1), reference[:size].argmax(1)) >= 0.999
 
-    def test_sdk_loads_bundle_and_segments_like_torch(self, bundle: Path, checkpoint: Path, config: dict,
-                                                      scenes: tuple[np.ndarray, np.ndarray]) -> None:
+    def test_sdk_loads_bundle_and_segments_like_torch(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         images, truth = scenes
         with torch.inference_mode():
             expected = torch_stream(checkpoint)(torch.from_numpy(normalised(images, config))).argmax(1).numpy()
@@ -131,8 +142,9 @@ class BaseBundleTester:
         assert agreement(masks, truth) > 0.7  # a trained model, not a constant one
         assert len(np.unique(masks)) > 1
 
-    def test_int8_agrees_with_fp32_and_reports_speed(self, bundle: Path, config: dict,
-                                                     scenes: tuple[np.ndarray, np.ndarray]) -> None:
+    def test_int8_agrees_with_fp32_and_reports_speed(
+        self, bundle: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         int8 = config["metrics"]["int8"]
         assert int8["mode"] == "static" and int8["format"] == "QDQ" and int8["argmax_agreement"] >= 0.98
         assert int8["speedup"] > 0 and int8["quantized_nodes"] > 0
@@ -142,8 +154,9 @@ class BaseBundleTester:
         q8 = cosa_sdk.load(bundle, backend="onnxruntime-int8").segment(list(scenes[0]))
         assert agreement(np.stack([r.mask for r in q8]), np.stack([r.mask for r in fp32])) >= 0.98
 
-    def test_safetensors_rebuild_the_torch_stream(self, bundle: Path, checkpoint: Path, config: dict,
-                                                  scenes: tuple[np.ndarray, np.ndarray]) -> None:
+    def test_safetensors_rebuild_the_torch_stream(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
         from safetensors.torch import load_file
 
         weights = load_file(str(bundle / "model.safetensors"))
@@ -171,7 +184,6 @@ class TestViTBundle(BaseBundleTester):
         ops = [n.op_type for n in model.graph.node]
         assert ops.count("LayerNormalization") == 2 * 12 + 1  # two per block + the final norm
         assert "ReduceMean" not in ops
-
 
     def test_int8_keeps_layernorm_and_softmax_in_fp32(self, bundle: Path) -> None:
         model = onnx.load(str(bundle / "model.int8.onnx"))

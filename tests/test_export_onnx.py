@@ -62,15 +62,21 @@ def test_dynamo_exporter_writes_opset_18_with_single_layernorms(source, photos: 
     exported = export_onnx(source.stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=18)
     assert exported.exporter == "dynamo" and exported.opset == 18
     assert exported.op_types["LayerNormalization"] == 25 and "ReduceMean" not in exported.op_types
-    report = verify_parity(source.stream, exported.path, photos, input_size=(64, 64), stride=16,
-                           mean=source.mean, std=source.std)
+    report = verify_parity(
+        source.stream, exported.path, photos, input_size=(64, 64), stride=16, mean=source.mean, std=source.std
+    )
     assert report.overall.max_abs_diff < 1e-4 and report.overall.agreement >= 0.999
 
 
 def test_fixed_graph_folds_the_position_embedding(source, tmp_path: Path) -> None:
     exported = export_onnx(source.stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=17)
-    modes = {a.s for n in onnx.load(str(exported.path)).graph.node if n.op_type == "Resize" for a in n.attribute
-             if a.name == "mode"}
+    modes = {
+        a.s
+        for n in onnx.load(str(exported.path)).graph.node
+        if n.op_type == "Resize"
+        for a in n.attribute
+        if a.name == "mode"
+    }
     assert modes == {b"linear"}  # only the logits upsampling; no bicubic position-embedding resize
     assert source.stream.backbone.fixed_pos_embed is None  # the stream is left as it was
 
@@ -81,8 +87,9 @@ def test_parity_failure_is_loud(source, photos: ImageSet, tmp_path: Path) -> Non
         source.stream.decoder.conv8.weight.mul_(1.05)
     try:
         with pytest.raises(CosaModelError, match=r"does not match torch.*Nothing was written"):
-            verify_parity(source.stream, exported.path, photos, input_size=(64, 64), stride=16,
-                          mean=source.mean, std=source.std)
+            verify_parity(
+                source.stream, exported.path, photos, input_size=(64, 64), stride=16, mean=source.mean, std=source.std
+            )
     finally:
         with torch.no_grad():
             source.stream.decoder.conv8.weight.div_(1.05)

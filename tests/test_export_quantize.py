@@ -30,14 +30,23 @@ def cnn_like(with_matmul: bool = False) -> onnx.ModelProto:
         numpy_helper.from_array(np.zeros((16, 8, 1, 1), np.float32), "w_pw"),
         numpy_helper.from_array(np.zeros((4, 16, 1, 1), np.float32), "w_cls"),
     ]
-    nodes = [conv("stem", "image", "a", "w_stem"), conv("dw", "a", "b", "w_dw", group=8),
-             conv("pw", "b", "c", "w_pw"), conv("classifier", "c", "logits", "w_cls")]
+    nodes = [
+        conv("stem", "image", "a", "w_stem"),
+        conv("dw", "a", "b", "w_dw", group=8),
+        conv("pw", "b", "c", "w_pw"),
+        conv("classifier", "c", "logits", "w_cls"),
+    ]
     if with_matmul:
         weights.append(numpy_helper.from_array(np.zeros((4, 4), np.float32), "w_mm"))
         nodes[-1] = conv("classifier", "c", "d", "w_cls")
         nodes.append(helper.make_node("MatMul", ["d", "w_mm"], ["logits"], name="mm"))
-    body = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-                             [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)], initializer=weights)
+    body = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=weights,
+    )
     return helper.make_model(body)
 
 
@@ -65,7 +74,11 @@ def test_candidates_try_portable_weights_first_then_dynamic(tmp_path: Path) -> N
     onnx.save(cnn_like(with_matmul=True), tmp_path / "vit_like.onnx")
     onnx.save(cnn_like(), tmp_path / "cnn.onnx")
     assert quantize.int8_candidates(tmp_path / "vit_like.onnx", "static") == [
-        ("static", True), ("static", False), ("dynamic", True), ("dynamic", False)]
+        ("static", True),
+        ("static", False),
+        ("dynamic", True),
+        ("dynamic", False),
+    ]
     assert quantize.int8_candidates(tmp_path / "cnn.onnx", "static") == [("static", True), ("static", False)]
     assert quantize.int8_candidates(tmp_path / "vit_like.onnx", "dynamic") == [("dynamic", True), ("dynamic", False)]
 
@@ -112,8 +125,21 @@ def test_quantize_checked_picks_the_first_good_candidate(agreements, expected, t
 @pytest.mark.slow  # a second INT8 export of the ViT (~7 s); the static one runs by default
 def test_dynamic_int8_vit_bundle(tmp_path: Path, capsys) -> None:
     out = tmp_path / "b"
-    assert main(["export", str(cached_checkpoint()), "--out", str(out), "--int8", "--calibration", "dynamic",
-                 "--skip-parity"]) == 0
+    assert (
+        main(
+            [
+                "export",
+                str(cached_checkpoint()),
+                "--out",
+                str(out),
+                "--int8",
+                "--calibration",
+                "dynamic",
+                "--skip-parity",
+            ]
+        )
+        == 0
+    )
     metrics = json.loads((out / "cosa.json").read_text())["metrics"]["int8"]
     assert metrics["mode"] == "dynamic" and metrics["format"] == "QOperator"
     assert metrics["argmax_agreement"] >= 0.98 and metrics["op_types"] == ["MatMul", "Gemm"]

@@ -54,8 +54,9 @@ def test_profile_of_a_fixed_size_graph_ranges_only_the_batch() -> None:
 
 
 def test_profile_of_a_dynamic_graph_ranges_size_in_stride_multiples() -> None:
-    model = graph([helper.make_node("Identity", ["image"], ["logits"], name="id")],
-                  dims=["batch", 3, "height", "width"])
+    model = graph(
+        [helper.make_node("Identity", ["image"], ["logits"], name="id")], dims=["batch", 3, "height", "width"]
+    )
     profile = trt_logic.profile_shapes(model, input_size=(168, 224), stride=14)
     assert profile.min == (1, 3, 84, 112) and profile.opt == (4, 3, 168, 224) and profile.max == (16, 3, 336, 448)
     assert all(v % 14 == 0 for shape in (profile.min, profile.opt, profile.max) for v in shape[2:])
@@ -173,8 +174,13 @@ def test_engine_build_is_wired_into_the_bundle(precision: str, tmp_path: Path, m
 
     def fake_build(graph_path, engine, *, precision, profile, pinned):
         model = onnx.load(str(graph_path))
-        calls.update(precision=precision, profile=profile, pinned=pinned, problems=trt_logic.unsupported_ops(model),
-                     quantized=sum(n.op_type == "QuantizeLinear" for n in model.graph.node))
+        calls.update(
+            precision=precision,
+            profile=profile,
+            pinned=pinned,
+            problems=trt_logic.unsupported_ops(model),
+            quantized=sum(n.op_type == "QuantizeLinear" for n in model.graph.node),
+        )
         Path(engine).write_bytes(Path(graph_path).read_bytes())  # the "engine" runs the graph it was built from
         return {"precision": precision, "profile": profile.as_dict(), "fp32_layers": len(pinned)}
 
@@ -199,7 +205,10 @@ def test_engine_build_is_wired_into_the_bundle(precision: str, tmp_path: Path, m
     assert config["artifacts"]["tensorrt"] == f"model.{precision}.plan" and (out / f"model.{precision}.plan").is_file()
     assert calls["precision"] == precision and calls["problems"] == {}  # the parser would accept the graph
     assert (calls["profile"].min, calls["profile"].opt, calls["profile"].max) == (
-        (1, 3, 64, 64), (4, 3, 64, 64), (16, 3, 64, 64))
+        (1, 3, 64, 64),
+        (4, 3, 64, 64),
+        (16, 3, 64, 64),
+    )
     assert len(calls["pinned"]) == 25
     assert (calls["quantized"] > 0) is (precision == "int8")  # int8 engines come from a symmetric QDQ graph
     assert config["metrics"]["tensorrt"]["argmax_agreement"] >= 0.98

@@ -60,7 +60,10 @@ def test_score_table_lists_classes_protocols_and_means() -> None:
         "per_class_iou": {"background": 90.0, "cat": None, "dog": 50.0},
         "per_class_iou_gt_filtered": {"background": 91.0, "cat": None, "dog": 55.5},
         "per_class_cam_iou": {"background": 80.0, "cat": None, "dog": 40.0},
-        "seg_miou": 70.0, "seg_miou_gt_filtered": 73.25, "cam_miou": 60.0, "num_images": 3,
+        "seg_miou": 70.0,
+        "seg_miou_gt_filtered": 73.25,
+        "cam_miou": 60.0,
+        "num_images": 3,
     }
     lines = format_scores(scores).splitlines()
     assert lines[1].split() == ["background", "90.00", "91.00", "80.00"]

@@ -45,7 +45,7 @@ class _Pools:
         pool = self.scales if scale else self.weights
         numel = math.prod(shape)
         offset = int(torch.randint(0, pool.numel() - numel + 1, (1,), generator=self.gen))
-        strides = [math.prod(shape[i + 1:]) for i in range(len(shape))]
+        strides = [math.prod(shape[i + 1 :]) for i in range(len(shape))]
         return pool.as_strided(shape, strides, offset)
 
 
@@ -62,8 +62,13 @@ def official_file(path: Path, state: dict[str, torch.Tensor], **meta: Any) -> Pa
 
 
 def official_args(**fields: Any) -> argparse.Namespace:
-    defaults = {"dataset": "VOC12", "backbone": "vit_base_patch16_224", "crop_size": 448,
-                "output_dir": pathlib.PosixPath("/runs/voc"), "scales": (1.0, 0.5, 1.5)}
+    defaults = {
+        "dataset": "VOC12",
+        "backbone": "vit_base_patch16_224",
+        "crop_size": 448,
+        "output_dir": pathlib.PosixPath("/runs/voc"),
+        "scales": (1.0, 0.5, 1.5),
+    }
     return argparse.Namespace(**{**defaults, **fields})
 
 
@@ -102,6 +107,7 @@ def _cli_args(checkpoint: Path, out: Path, *extra: str) -> argparse.Namespace:
 
 
 # ----------------------------------------------------------------- an independent official forward
+
 
 def _layer_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
     mean = x.mean(-1, keepdim=True)
@@ -211,8 +217,14 @@ def test_key_listing_matches_the_official_network() -> None:
 
 
 def test_coco_student_file(tmp_path: Path, pools: _Pools) -> None:
-    path = official_file(tmp_path / "coco.pth", official_state(80, pools), s_or_t="s", epoch=30000,
-                         args=official_args(aux_layer=-3, dataset="COCO"), result=50.87)
+    path = official_file(
+        tmp_path / "coco.pth",
+        official_state(80, pools),
+        s_or_t="s",
+        epoch=30000,
+        args=official_args(aux_layer=-3, dataset="COCO"),
+        result=50.87,
+    )
     record = import_official_checkpoint(path)
     assert record["classes"] == list(COCO_CLASSES) and len(record["palette"]) == 81
     assert record["selected"] == "online" and record["assignment"] is None
@@ -255,10 +267,14 @@ def test_linear_classifiers_and_network_override(tmp_path: Path, voc_state: dict
     ("change", "expected"),
     [
         (lambda s: s.pop("encoder.blocks.3.attn.qkv.bias"), r"1 missing: encoder\.blocks\.3\.attn\.qkv\.bias"),
-        (lambda s: s.__setitem__("decoder.conv8.weight", torch.zeros(22, 512, 1, 1)),
-         r"decoder\.conv8\.weight \[22, 512, 1, 1\] \(expected \[21, 512, 1, 1\]\).*C\+1 = 21"),
-        (lambda s: s.__setitem__("encoder.blocks.12.norm1.weight", torch.zeros(768)),
-         r"1 unexpected: encoder\.blocks\.12\.norm1\.weight"),
+        (
+            lambda s: s.__setitem__("decoder.conv8.weight", torch.zeros(22, 512, 1, 1)),
+            r"decoder\.conv8\.weight \[22, 512, 1, 1\] \(expected \[21, 512, 1, 1\]\).*C\+1 = 21",
+        ),
+        (
+            lambda s: s.__setitem__("encoder.blocks.12.norm1.weight", torch.zeros(768)),
+            r"1 unexpected: encoder\.blocks\.12\.norm1\.weight",
+        ),
     ],
     ids=["missing", "mis-shaped", "unexpected"],
 )

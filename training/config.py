@@ -13,8 +13,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
-RUNTIME_KEYS = frozenset({"device", "num_workers", "log_every", "eval_every", "checkpoint_every", "sample_every",
-                          "eval_limit", "progress"})
+RUNTIME_KEYS = frozenset(
+    {"device", "num_workers", "log_every", "eval_every", "checkpoint_every", "sample_every", "eval_limit", "progress"}
+)
 
 
 @dataclass
@@ -107,8 +108,9 @@ class TrainConfig:
         return {k: (mine[k], theirs[k]) for k in mine if k not in RUNTIME_KEYS and mine[k] != theirs[k]}
 
 
-OFFICIAL = TrainConfig(aux_last_scale_only=True, independent_assignment_heads=True, gmm_max_samples=None,
-                      gmm_fit_every=1)
+OFFICIAL = TrainConfig(
+    aux_last_scale_only=True, independent_assignment_heads=True, gmm_max_samples=None, gmm_fit_every=1
+)
 
 PRESETS: dict[str, TrainConfig] = {
     # bit-for-bit the released VOC code path, quirks included
@@ -116,8 +118,15 @@ PRESETS: dict[str, TrainConfig] = {
     # the released VOC recipe with the official bugs fixed
     "voc": dataclasses.replace(OFFICIAL, aux_last_scale_only=False, independent_assignment_heads=False),
     "coco": dataclasses.replace(
-        OFFICIAL, aux_last_scale_only=False, independent_assignment_heads=False, iters=60000,
-        loss_warmup_iters=10000, batch_size=8, t_high=0.65, t_low=0.25, eval_every=6000,
+        OFFICIAL,
+        aux_last_scale_only=False,
+        independent_assignment_heads=False,
+        iters=60000,
+        loss_warmup_iters=10000,
+        batch_size=8,
+        t_high=0.65,
+        t_low=0.25,
+        eval_every=6000,
     ),
     # the CPU demo: a frozen-trunk pretrained ViT that ships in a package, small crops, minutes of training
     "tiny": TrainConfig(

@@ -62,10 +62,16 @@ def eval_stage(run: Path, out: Path) -> dict[str, Any]:
         return json.loads(target.read_text())
     record = load_checkpoint(run / "best.pt")
     network = build_network(record)
-    dataset = build_dataset(DATA_SPEC, "val", mean=record["data"]["mean"], std=record["data"]["std"],
-                            eval_size=record["data"]["crop_size"])
-    scores = evaluate(network, dataset, num_classes=len(record["classes"]), class_names=record["classes"],
-                      cam_threshold=record["config"].get("cam_threshold", 0.5))
+    dataset = build_dataset(
+        DATA_SPEC, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
+    )
+    scores = evaluate(
+        network,
+        dataset,
+        num_classes=len(record["classes"]),
+        class_names=record["classes"],
+        cam_threshold=record["config"].get("cam_threshold", 0.5),
+    )
     print(format_scores(scores))
     target.write_text(json.dumps(scores, indent=2))
     return scores
@@ -129,11 +135,19 @@ def sample_grid(run: Path, dataset, results: list[Any]):
         cam = cam * labels[:, :, None, None]
         cpl = cam_pseudo_label(cam, labels, t_high=cfg["t_high"], t_low=cfg["t_low"])[0].numpy()
         h, w = raw.shape[:2]
-        cam_map = torch.nn.functional.interpolate(cam.amax(1, keepdim=True), size=(h, w), mode="bilinear",
-                                                  align_corners=False)[0, 0].numpy()
+        cam_map = torch.nn.functional.interpolate(
+            cam.amax(1, keepdim=True), size=(h, w), mode="bilinear", align_corners=False
+        )[0, 0].numpy()
         cpl_full = np.asarray(Image.fromarray(cpl.astype(np.uint8)).resize((w, h), Image.NEAREST))
-        rows.append([raw, blend(raw, heatmap(cam_map)), colorize(cpl_full, palette), colorize(result.mask, palette),
-                     colorize(sample["mask"].numpy().astype(np.uint8), palette)])
+        rows.append(
+            [
+                raw,
+                blend(raw, heatmap(cam_map)),
+                colorize(cpl_full, palette),
+                colorize(result.mask, palette),
+                colorize(sample["mask"].numpy().astype(np.uint8), palette),
+            ]
+        )
     return grid(rows, cell=160)
 
 
@@ -151,8 +165,9 @@ def demo_command(args: argparse.Namespace) -> int:
     scores = eval_stage(run, out)
     export_stage(run, bundle)
     record = load_checkpoint(run / "best.pt")
-    dataset = build_dataset(DATA_SPEC, "val", mean=record["data"]["mean"], std=record["data"]["std"],
-                            eval_size=record["data"]["crop_size"])
+    dataset = build_dataset(
+        DATA_SPEC, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
+    )
     results = segment_stage(bundle, dataset, out)
     latency = latency_stage(bundle, dataset[0]["raw"].numpy())
     (out / "latency.json").write_text(json.dumps(latency, indent=2))
@@ -163,18 +178,26 @@ def demo_command(args: argparse.Namespace) -> int:
     ]
     summary = [
         ["dataset", f"{DATA_SPEC} ({len(dataset)} held-out images, {len(record['classes'])} classes)"],
-        ["model", f"{record['model_config']['backbone']} ({record.get('backbone_weights')}), "
-                  f"{record['iteration']} iterations, network: {record.get('selected')}"],
+        [
+            "model",
+            f"{record['model_config']['backbone']} ({record.get('backbone_weights')}), "
+            f"{record['iteration']} iterations, network: {record.get('selected')}",
+        ],
         ["seg mIoU (label-free)", scores["seg_miou"]],
         ["seg mIoU (GT-filtered)", scores["seg_miou_gt_filtered"]],
         ["CAM mIoU", scores["cam_miou"]],
     ]
     report = write_report(
-        out / "report.html", title="cosa-sdk demo: CoSA on the synthetic benchmark", summary_rows=summary,
+        out / "report.html",
+        title="cosa-sdk demo: CoSA on the synthetic benchmark",
+        summary_rows=summary,
         sample_grid=sample_grid(run, dataset, results),
         sample_caption="input | CAM of the assignment network | CAM pseudo-label (white = ignore) | "
-                       "prediction of the exported bundle (ONNX Runtime) | ground truth",
-        metrics_path=run / "metrics.jsonl", scores=scores, latency_rows=latency, commands=commands,
+        "prediction of the exported bundle (ONNX Runtime) | ground truth",
+        metrics_path=run / "metrics.jsonl",
+        scores=scores,
+        latency_rows=latency,
+        commands=commands,
     )
     _say(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
     print(f"report:  {report}")

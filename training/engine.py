@@ -54,23 +54,38 @@ class Trainer:
         self.ctx: DistContext = setup_distributed(config.device)
         self.resume_record = self._prepare_run_dir(resume=resume, force=force)
         cfg = config
-        self.train_set = build_dataset(data_spec, "train", crop_size=cfg.crop_size, mean=cfg.mean, std=cfg.std,
-                                       seed=cfg.seed, supervision=supervision, rescale_range=cfg.rescale_range)
+        self.train_set = build_dataset(
+            data_spec,
+            "train",
+            crop_size=cfg.crop_size,
+            mean=cfg.mean,
+            std=cfg.std,
+            seed=cfg.seed,
+            supervision=supervision,
+            rescale_range=cfg.rescale_range,
+        )
         self.val_set = self._optional_val_set()
         torch.manual_seed(cfg.seed)
         self.online = CoSANetwork(
-            backbone=cfg.backbone, num_classes=self.train_set.num_classes, aux_layer=cfg.aux_layer,
-            decoder_channels=cfg.decoder_channels, dilation=cfg.dilation, freeze_blocks=cfg.freeze_blocks,
-            backbone_weights=cfg.backbone_weights, backbone_kwargs=cfg.backbone_kwargs,
+            backbone=cfg.backbone,
+            num_classes=self.train_set.num_classes,
+            aux_layer=cfg.aux_layer,
+            decoder_channels=cfg.decoder_channels,
+            dilation=cfg.dilation,
+            freeze_blocks=cfg.freeze_blocks,
+            backbone_weights=cfg.backbone_weights,
+            backbone_kwargs=cfg.backbone_kwargs,
         ).to(self.ctx.device)
         self.assignment = None
         if supervision == "weak":
             self.assignment = make_assignment_network(
-                self.online, independent_heads=cfg.independent_assignment_heads).to(self.ctx.device)
+                self.online, independent_heads=cfg.independent_assignment_heads
+            ).to(self.ctx.device)
         grid = cfg.crop_size // self.online.stride
         self.losses = CoSALosses(cfg, grid_size=grid) if supervision == "weak" else None
-        self.optimizer = build_optimizer(self.online, lr=cfg.lr, head_lr_mult=cfg.head_lr_mult,
-                                         weight_decay=cfg.weight_decay)
+        self.optimizer = build_optimizer(
+            self.online, lr=cfg.lr, head_lr_mult=cfg.head_lr_mult, weight_decay=cfg.weight_decay
+        )
         self.step, self.best_score, self.last_metrics = 0, float("-inf"), {}
         if self.resume_record is not None:
             self._restore(self.resume_record)
@@ -84,8 +99,9 @@ class Trainer:
         existing = [name for name in RUN_FILES if (self.run_dir / name).exists()]
         if resume:
             if not (self.run_dir / "last.pt").is_file():
-                raise CosaConfigError(f"--resume: {self.run_dir / 'last.pt'} does not exist; start the run without "
-                                      "--resume")
+                raise CosaConfigError(
+                    f"--resume: {self.run_dir / 'last.pt'} does not exist; start the run without --resume"
+                )
             record = load_checkpoint(self.run_dir / "last.pt")
             saved = TrainConfig.from_dict(record["config"])
             diff = saved.differences(self.config)
@@ -95,12 +111,16 @@ class Trainer:
                 diff["supervision"] = (record.get("supervision"), self.supervision)
             if diff:
                 listing = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
-                raise CosaConfigError(f"--resume with another config ({listing}); resume with the run's own "
-                                      f"settings, or start a new run in another --out directory")
+                raise CosaConfigError(
+                    f"--resume with another config ({listing}); resume with the run's own "
+                    f"settings, or start a new run in another --out directory"
+                )
             return record
         if existing and not force:
-            raise CosaConfigError(f"{self.run_dir} already holds a run ({', '.join(existing)}): pass --resume to "
-                                  "continue it, --force to start over (deletes it), or choose another --out")
+            raise CosaConfigError(
+                f"{self.run_dir} already holds a run ({', '.join(existing)}): pass --resume to "
+                "continue it, --force to start over (deletes it), or choose another --out"
+            )
         if self.ctx.is_main:
             if existing and force:
                 for name in existing:
@@ -112,9 +132,15 @@ class Trainer:
 
     def _optional_val_set(self):
         try:
-            val = build_dataset(self.data_spec, "val", crop_size=self.config.crop_size, mean=self.config.mean,
-                                std=self.config.std, seed=self.config.seed,
-                                eval_size=self.config.eval_size or self.config.crop_size)
+            val = build_dataset(
+                self.data_spec,
+                "val",
+                crop_size=self.config.crop_size,
+                mean=self.config.mean,
+                std=self.config.std,
+                seed=self.config.seed,
+                eval_size=self.config.eval_size or self.config.crop_size,
+            )
         except Exception as err:  # a dataset without masks trains fine but cannot be scored
             from cosa_sdk.errors import CosaDataError
 
@@ -130,8 +156,12 @@ class Trainer:
             "classes": list(self.train_set.classes),
             "palette": [list(c) for c in self.train_set.palette],
             "supervision": self.supervision,
-            "data": {"spec": self.data_spec, "crop_size": self.config.crop_size,
-                     "mean": list(self.config.mean), "std": list(self.config.std)},
+            "data": {
+                "spec": self.data_spec,
+                "crop_size": self.config.crop_size,
+                "mean": list(self.config.mean),
+                "std": list(self.config.std),
+            },
             "preset": self.preset_name,
             "config": self.config.to_dict(),
             "backbone_weights": self.config.backbone_weights,
@@ -179,10 +209,16 @@ class Trainer:
         if self.assignment is not None:
             networks["assignment"] = self.assignment
         for name, network in networks.items():
-            scores[name] = evaluate(network, self.val_set, num_classes=self.train_set.num_classes,
-                                    device=self.ctx.device, cam_threshold=cfg.cam_threshold,
-                                    with_cams=self.supervision == "weak", limit=cfg.eval_limit,
-                                    class_names=self.train_set.classes)
+            scores[name] = evaluate(
+                network,
+                self.val_set,
+                num_classes=self.train_set.num_classes,
+                device=self.ctx.device,
+                cam_threshold=cfg.cam_threshold,
+                with_cams=self.supervision == "weak",
+                limit=cfg.eval_limit,
+                class_names=self.train_set.classes,
+            )
         self.online.train()
         selected = max(scores, key=lambda n: scores[n]["seg_miou"] or 0.0)
         return {"selected": selected, **scores}
@@ -210,12 +246,23 @@ class Trainer:
 
     def _loader(self) -> DataLoader:
         cfg = self.config
-        sampler = StepBatchSampler(num_samples=len(self.train_set), batch_size=cfg.batch_size, total_steps=cfg.iters,
-                                   start_step=self.step, seed=cfg.seed, rank=self.ctx.rank,
-                                   world_size=self.ctx.world_size)
-        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=cfg.num_workers,
-                          worker_init_fn=seed_worker, pin_memory=self.ctx.device.type == "cuda",
-                          persistent_workers=False)
+        sampler = StepBatchSampler(
+            num_samples=len(self.train_set),
+            batch_size=cfg.batch_size,
+            total_steps=cfg.iters,
+            start_step=self.step,
+            seed=cfg.seed,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+        )
+        return DataLoader(
+            self.train_set,
+            batch_sampler=sampler,
+            num_workers=cfg.num_workers,
+            worker_init_fn=seed_worker,
+            pin_memory=self.ctx.device.type == "cuda",
+            persistent_workers=False,
+        )
 
     def fit(self, *, stop_after: int | None = None) -> dict[str, Any]:
         """Train until `config.iters` (or `stop_after` iterations, for tests of resume); returns a summary."""
@@ -223,22 +270,29 @@ class Trainer:
         if self.ctx.is_main and self.resume_record is None:
             self._write_config()
         self.online.train()
-        autocast = (torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda"
-                    else nullcontext())
+        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else nullcontext()
         bar = _progress(total=cfg.iters, initial=self.step, enabled=cfg.progress and self.ctx.is_main)
         started, steps_run, window = time.perf_counter(), 0, time.perf_counter()
         for batch in self._loader():
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            set_lr(self.optimizer, self.step, warmup_iter=cfg.lr_warmup_iters, max_iter=cfg.iters,
-                   warmup_ratio=1e-6, power=0.9)
+            set_lr(
+                self.optimizer,
+                self.step,
+                warmup_iter=cfg.lr_warmup_iters,
+                max_iter=cfg.iters,
+                warmup_ratio=1e-6,
+                power=0.9,
+            )
             with autocast:
                 if self.losses is not None:
                     loss, terms, pseudo = self.losses(self.model, self.assignment, batch, self.step)
                 else:
                     (loss, terms), pseudo = supervised_loss(self.model, batch), None
             if not torch.isfinite(loss):
-                raise CosaModelError(f"the loss became {loss.item()} at iteration {self.step}: lower lr "
-                                     f"(now {cfg.lr}) or check the data; resume from last.pt with a new run")
+                raise CosaModelError(
+                    f"the loss became {loss.item()} at iteration {self.step}: lower lr "
+                    f"(now {cfg.lr}) or check the data; resume from last.pt with a new run"
+                )
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -248,9 +302,13 @@ class Trainer:
             steps_run += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.iters:
                 now = time.perf_counter()
-                entry = {"step": self.step, "loss": loss.item(), **terms,
-                         "lr": self.optimizer.param_groups[0]["lr"],
-                         "it_per_s": cfg.log_every / max(now - window, 1e-9)}
+                entry = {
+                    "step": self.step,
+                    "loss": loss.item(),
+                    **terms,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "it_per_s": cfg.log_every / max(now - window, 1e-9),
+                }
                 if self.losses is not None:
                     entry.update({f"t_{k}": v for k, v in vars(self.losses.thresholds).items()})
                 window = now
@@ -258,8 +316,15 @@ class Trainer:
                 bar.set_postfix({k: f"{v:.3f}" for k, v in terms.items()}, refresh=False)
             bar.update(1)
             if pseudo is not None and self.step % cfg.sample_every == 0 and self.ctx.is_main:
-                save_training_samples(self.run_dir / "samples" / f"step_{self.step:06d}.png", batch, pseudo,
-                                      self.online, palette=self.train_set.palette, mean=cfg.mean, std=cfg.std)
+                save_training_samples(
+                    self.run_dir / "samples" / f"step_{self.step:06d}.png",
+                    batch,
+                    pseudo,
+                    self.online,
+                    palette=self.train_set.palette,
+                    mean=cfg.mean,
+                    std=cfg.std,
+                )
             if self.step % cfg.checkpoint_every == 0 or self.step == cfg.iters:
                 self._save_last()
             result = self._maybe_evaluate(self.step)
@@ -273,16 +338,27 @@ class Trainer:
         if self.ctx.is_main and not (self.run_dir / "best.pt").exists():
             save_checkpoint(self.run_dir / "best.pt", self._record(with_state=False))
         barrier(self.ctx)
-        summary = {"iterations": self.step, "seconds": elapsed, "it_per_s": steps_run / max(elapsed, 1e-9),
-                   "best_seg_miou": None if self.best_score == float("-inf") else self.best_score,
-                   "metrics": self.last_metrics, "run_dir": str(self.run_dir)}
+        summary = {
+            "iterations": self.step,
+            "seconds": elapsed,
+            "it_per_s": steps_run / max(elapsed, 1e-9),
+            "best_seg_miou": None if self.best_score == float("-inf") else self.best_score,
+            "metrics": self.last_metrics,
+            "run_dir": str(self.run_dir),
+        }
         cleanup(self.ctx)
         return summary
 
     def _write_config(self) -> None:
-        payload = {"cosa_sdk_version": __version__, "preset": self.preset_name, "data": self.data_spec,
-                   "supervision": self.supervision, "classes": list(self.train_set.classes),
-                   "world_size": self.ctx.world_size, "config": self.config.to_dict()}
+        payload = {
+            "cosa_sdk_version": __version__,
+            "preset": self.preset_name,
+            "data": self.data_spec,
+            "supervision": self.supervision,
+            "classes": list(self.train_set.classes),
+            "world_size": self.ctx.world_size,
+            "config": self.config.to_dict(),
+        }
         (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
 
 

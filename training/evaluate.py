@@ -135,8 +135,11 @@ def format_scores(scores: dict[str, Any]) -> str:
     lines = [f"{'class':<{width}} {'seg':>9} {'seg (GT)':>9} {'CAM':>9}"]
     for i, name in enumerate(names):
         lines.append(f"{name:<{width}} {fmt(get(seg, i, name))} {fmt(get(vd, i, name))} {fmt(get(cam, i, name))}")
-    lines.append(f"{'mIoU':<{width}} {fmt(scores['seg_miou'])} {fmt(scores['seg_miou_gt_filtered'])} "
-                 f"{fmt(scores['cam_miou'])}")
-    lines.append(f"({scores['num_images']} images; seg = label-free, seg (GT) = absent classes filtered with "
-                 f"ground-truth image labels, as the paper reports)")
+    lines.append(
+        f"{'mIoU':<{width}} {fmt(scores['seg_miou'])} {fmt(scores['seg_miou_gt_filtered'])} {fmt(scores['cam_miou'])}"
+    )
+    lines.append(
+        f"({scores['num_images']} images; seg = label-free, seg (GT) = absent classes filtered with "
+        f"ground-truth image labels, as the paper reports)"
+    )
     return "\n".join(lines)

@@ -83,4 +83,3 @@ def miou_scores(matrix: np.ndarray) -> dict[str, object]:
     present = gt_count > 0
     miou = float(np.nanmean(iou[present])) if present.any() else float("nan")
     return {"per_class_iou": [float(v) for v in iou], "miou": miou, "pixel_acc": float(pixel_acc)}
-

@@ -81,19 +81,29 @@ class CoSANetwork(nn.Module):
     ) -> None:
         super().__init__()
         self.config = network_config(
-            backbone=backbone, num_classes=num_classes, aux_layer=aux_layer, decoder_channels=decoder_channels,
-            dilation=dilation, freeze_blocks=freeze_blocks, backbone_kwargs=backbone_kwargs,
+            backbone=backbone,
+            num_classes=num_classes,
+            aux_layer=aux_layer,
+            decoder_channels=decoder_channels,
+            dilation=dilation,
+            freeze_blocks=freeze_blocks,
+            backbone_kwargs=backbone_kwargs,
         )
         self.backbone = build_backbone(
-            backbone, weights=backbone_weights, aux_layer=aux_layer, freeze_blocks=freeze_blocks,
+            backbone,
+            weights=backbone_weights,
+            aux_layer=aux_layer,
+            freeze_blocks=freeze_blocks,
             **(backbone_kwargs or {}),
         )
         self.config["aux_layer"] = self._resolved_aux_layer()
         self.classifier = nn.Conv2d(self.backbone.final_channels, num_classes, 1, bias=False)
         self.aux_classifier = nn.Conv2d(self.backbone.aux_channels, num_classes, 1, bias=False)
         self.decoder = LargeFOV(
-            in_channels=self.backbone.seg_channels, num_outputs=num_classes + 1,
-            channels=decoder_channels, dilation=dilation,
+            in_channels=self.backbone.seg_channels,
+            num_outputs=num_classes + 1,
+            channels=decoder_channels,
+            dilation=dilation,
         )
 
     def _resolved_aux_layer(self) -> int:

@@ -49,26 +49,34 @@ def official_shapes(num_classes: int) -> dict[str, tuple[int, ...]]:
         "encoder.patch_embed.proj.bias": (EMBED_DIM,),
     }
     block = {
-        "norm1.weight": (EMBED_DIM,), "norm1.bias": (EMBED_DIM,),
-        "attn.qkv.weight": (3 * EMBED_DIM, EMBED_DIM), "attn.qkv.bias": (3 * EMBED_DIM,),
-        "attn.proj.weight": (EMBED_DIM, EMBED_DIM), "attn.proj.bias": (EMBED_DIM,),
-        "norm2.weight": (EMBED_DIM,), "norm2.bias": (EMBED_DIM,),
-        "mlp.fc1.weight": (MLP_DIM, EMBED_DIM), "mlp.fc1.bias": (MLP_DIM,),
-        "mlp.fc2.weight": (EMBED_DIM, MLP_DIM), "mlp.fc2.bias": (EMBED_DIM,),
+        "norm1.weight": (EMBED_DIM,),
+        "norm1.bias": (EMBED_DIM,),
+        "attn.qkv.weight": (3 * EMBED_DIM, EMBED_DIM),
+        "attn.qkv.bias": (3 * EMBED_DIM,),
+        "attn.proj.weight": (EMBED_DIM, EMBED_DIM),
+        "attn.proj.bias": (EMBED_DIM,),
+        "norm2.weight": (EMBED_DIM,),
+        "norm2.bias": (EMBED_DIM,),
+        "mlp.fc1.weight": (MLP_DIM, EMBED_DIM),
+        "mlp.fc1.bias": (MLP_DIM,),
+        "mlp.fc2.weight": (EMBED_DIM, MLP_DIM),
+        "mlp.fc2.bias": (EMBED_DIM,),
     }
     for i in range(DEPTH):
         shapes.update({f"encoder.blocks.{i}.{name}": shape for name, shape in block.items()})
-    shapes.update({
-        "encoder.norm.weight": (EMBED_DIM,),
-        "encoder.norm.bias": (EMBED_DIM,),
-        "encoder.head.weight": (1000, EMBED_DIM),
-        "encoder.head.bias": (1000,),
-        "decoder.conv6.weight": (DECODER_CHANNELS, EMBED_DIM, 3, 3),
-        "decoder.conv7.weight": (DECODER_CHANNELS, DECODER_CHANNELS, 3, 3),
-        "decoder.conv8.weight": (num_classes + 1, DECODER_CHANNELS, 1, 1),
-        "classifier.weight": (num_classes, EMBED_DIM, 1, 1),
-        "aux_classifier.weight": (num_classes, EMBED_DIM, 1, 1),
-    })
+    shapes.update(
+        {
+            "encoder.norm.weight": (EMBED_DIM,),
+            "encoder.norm.bias": (EMBED_DIM,),
+            "encoder.head.weight": (1000, EMBED_DIM),
+            "encoder.head.bias": (1000,),
+            "decoder.conv6.weight": (DECODER_CHANNELS, EMBED_DIM, 3, 3),
+            "decoder.conv7.weight": (DECODER_CHANNELS, DECODER_CHANNELS, 3, 3),
+            "decoder.conv8.weight": (num_classes + 1, DECODER_CHANNELS, 1, 1),
+            "classifier.weight": (num_classes, EMBED_DIM, 1, 1),
+            "aux_classifier.weight": (num_classes, EMBED_DIM, 1, 1),
+        }
+    )
     return shapes
 
 
@@ -139,8 +147,11 @@ def validate_official_state(state: Mapping[str, torch.Tensor], *, source: str = 
         elif not state[key].is_floating_point():
             wrong.append(f"{key} has dtype {state[key].dtype} (expected float)")
     if missing or unexpected or wrong:
-        parts = [f"{len(keys)} {label}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong)) if keys]
+        parts = [
+            f"{len(keys)} {label}: {', '.join(keys[:6])}{' …' if len(keys) > 6 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", wrong))
+            if keys
+        ]
         raise CosaModelError(
             f"{source} does not match the official CoSA ViT-B/16 + LargeFOV network with {num_classes} classes "
             f"({'; '.join(parts)}); decoder.conv8 must have C+1 = {num_classes + 1} rows and both classifiers "
@@ -245,8 +256,11 @@ def import_official_checkpoint(
     s_or_t = str(meta.get("s_or_t", "unknown"))
     key = _network_key(network, s_or_t)
     model_config = network_config(
-        backbone=BACKBONE, num_classes=num_classes, aux_layer=aux_layer,
-        decoder_channels=DECODER_CHANNELS, dilation=DILATION,
+        backbone=BACKBONE,
+        num_classes=num_classes,
+        aux_layer=aux_layer,
+        decoder_channels=DECODER_CHANNELS,
+        dilation=DILATION,
     )
     iteration, result = meta.get("epoch"), meta.get("result")
     result = float(result) if isinstance(result, (int, float)) and not isinstance(result, bool) else None
@@ -274,8 +288,13 @@ def import_official_checkpoint(
         },
         "backbone_weights": f"official CoSA checkpoint {path.name} (sha256 {digest[:12]})",
         "official_args": official,
-        "data": {"spec": None, "dataset": dataset_name, "crop_size": INPUT_SIZE, "mean": list(IMAGENET_MEAN),
-                 "std": list(IMAGENET_STD)},
+        "data": {
+            "spec": None,
+            "dataset": dataset_name,
+            "crop_size": INPUT_SIZE,
+            "mean": list(IMAGENET_MEAN),
+            "std": list(IMAGENET_STD),
+        },
         "config": {"input_size": [INPUT_SIZE, INPUT_SIZE], "tta_scales": list(TTA_SCALES)},
     }
 

@@ -61,8 +61,11 @@ def curves_figure(train: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any
         left.legend(fontsize=8)
     for network, style in (("assignment", "-"), ("online", "--")):
         for key, colour in (("seg_miou", "tab:blue"), ("seg_miou_gt_filtered", "tab:green"), ("cam_miou", "tab:red")):
-            points = [(e["step"], e["eval"][network][key]) for e in evals
-                      if network in e["eval"] and e["eval"][network].get(key) is not None]
+            points = [
+                (e["step"], e["eval"][network][key])
+                for e in evals
+                if network in e["eval"] and e["eval"][network].get(key) is not None
+            ]
             if points:
                 xs, ys = zip(*points)
                 right.plot(xs, ys, style, color=colour, marker="o", markersize=3, label=f"{network} {key}")

@@ -48,16 +48,22 @@ class CoSALosses(nn.Module):
         self.config = config
         self.crf = (
             DenseCRFLoss(sigma_rgb=config.crf_sigma_rgb, sigma_xy=config.crf_sigma_xy)
-            if config.crf_loss and config.w_reg > 0 else None
+            if config.crf_loss and config.w_reg > 0
+            else None
         )
         self.dynamic: tuple[DynamicThreshold, DynamicThreshold] | None = None
         if config.dynamic_threshold:
-            common = {"queue_rows": config.batch_size * config.gmm_queue_rows_per_image, "grid_size": grid_size,
-                      "max_samples": config.gmm_max_samples, "fit_every": config.gmm_fit_every}
+            common = {
+                "queue_rows": config.batch_size * config.gmm_queue_rows_per_image,
+                "grid_size": grid_size,
+                "max_samples": config.gmm_max_samples,
+                "fit_every": config.gmm_fit_every,
+            }
             self.dynamic = (
                 DynamicThreshold(init_low=config.t_low, init_high=config.t_high, seed=config.seed, **common),
-                DynamicThreshold(init_low=config.aux_t_low, init_high=config.aux_t_high, seed=config.seed + 1,
-                                 **common),
+                DynamicThreshold(
+                    init_low=config.aux_t_low, init_high=config.aux_t_high, seed=config.seed + 1, **common
+                ),
             )
         self.thresholds = Thresholds(config.t_high, config.t_low, config.aux_t_high, config.aux_t_low)
 
@@ -65,11 +71,13 @@ class CoSALosses(nn.Module):
         return step > self.config.loss_warmup_iters
 
     @torch.no_grad()
-    def make_pseudo_labels(self, assignment: nn.Module, weak: torch.Tensor, labels: torch.Tensor,
-                           box: torch.Tensor) -> PseudoLabels:
+    def make_pseudo_labels(
+        self, assignment: nn.Module, weak: torch.Tensor, labels: torch.Tensor, box: torch.Tensor
+    ) -> PseudoLabels:
         cfg = self.config
-        fused = teacher_fusion(assignment.forward_all_maps, weak, scales=cfg.pseudo_scales,
-                               aux_last_scale_only=cfg.aux_last_scale_only)
+        fused = teacher_fusion(
+            assignment.forward_all_maps, weak, scales=cfg.pseudo_scales, aux_last_scale_only=cfg.aux_last_scale_only
+        )
         present = labels[:, :, None, None]
         valid_cam, valid_aux = fused.cam * present, fused.aux_cam * present
         if self.dynamic is not None:
@@ -84,8 +92,9 @@ class CoSALosses(nn.Module):
             valid_cam=valid_cam,
         )
 
-    def forward(self, online: nn.Module, assignment: nn.Module, batch: dict[str, torch.Tensor],
-                step: int) -> tuple[torch.Tensor, dict[str, float], PseudoLabels | None]:
+    def forward(
+        self, online: nn.Module, assignment: nn.Module, batch: dict[str, torch.Tensor], step: int
+    ) -> tuple[torch.Tensor, dict[str, float], PseudoLabels | None]:
         """(total loss, {term: value}, pseudo-labels or None during the warm-up)."""
         cfg = self.config
         labels = batch["labels"]
@@ -107,8 +116,9 @@ class CoSALosses(nn.Module):
             t = self.thresholds
             weights = perplexity_weights(pseudo.valid_cam, labels, bg_threshold=t.high, beta=cfg.perplexity_beta)
         beta = cfg.aux_cpl_weight
-        l_c2s = (1 - beta) * balanced_seg_loss(seg, pseudo.cpl, fg_alpha=cfg.fg_alpha, pixel_weights=weights) + \
-            beta * balanced_seg_loss(seg, pseudo.cpl_aux, fg_alpha=cfg.fg_alpha, pixel_weights=weights)
+        l_c2s = (1 - beta) * balanced_seg_loss(
+            seg, pseudo.cpl, fg_alpha=cfg.fg_alpha, pixel_weights=weights
+        ) + beta * balanced_seg_loss(seg, pseudo.cpl_aux, fg_alpha=cfg.fg_alpha, pixel_weights=weights)
         l_s2c = seg_to_cam_loss(out.cam, pseudo.spl)
         total = total + cfg.w_c2s * l_c2s + cfg.w_s2c * l_s2c
         terms.update(c2s=l_c2s.item(), s2c=l_s2c.item())
@@ -121,8 +131,9 @@ class CoSALosses(nn.Module):
             terms["reg"] = l_reg.item()
         if cfg.contrastive:
             spl_grid = F.interpolate(pseudo.spl, size=out.features.shape[-2:], mode="bilinear", align_corners=False)
-            l_csc = contrastive_separation_loss(out.features, out.cam, spl_grid.argmax(1), labels,
-                                                temperature=cfg.csc_temperature)
+            l_csc = contrastive_separation_loss(
+                out.features, out.cam, spl_grid.argmax(1), labels, temperature=cfg.csc_temperature
+            )
             total = total + cfg.w_csc * l_csc
             terms["csc"] = l_csc.item()
         return total, terms, pseudo
@@ -158,6 +169,10 @@ def _roi(box: torch.Tensor, size: torch.Size, device: torch.device) -> torch.Ten
     ys = torch.arange(h, device=device)[None, :, None]
     xs = torch.arange(w, device=device)[None, None, :]
     box = box.to(device)
-    inside = (ys >= box[:, 0, None, None]) & (ys < box[:, 1, None, None]) & \
-        (xs >= box[:, 2, None, None]) & (xs < box[:, 3, None, None])
+    inside = (
+        (ys >= box[:, 0, None, None])
+        & (ys < box[:, 1, None, None])
+        & (xs >= box[:, 2, None, None])
+        & (xs < box[:, 3, None, None])
+    )
     return inside.float()

@@ -54,8 +54,9 @@ def grid(rows: Sequence[Sequence[np.ndarray]], *, cell: int = 128, gap: int = 2)
 
 
 @torch.no_grad()
-def save_training_samples(path: Path, batch: dict, pseudo, online: torch.nn.Module, *, palette, mean, std,
-                          limit: int = 4) -> Path:
+def save_training_samples(
+    path: Path, batch: dict, pseudo, online: torch.nn.Module, *, palette, mean, std, limit: int = 4
+) -> Path:
     """Write a PNG: per row image | CAM (assignment net) | CPL | SPL | online prediction."""
     was_training = online.training
     online.eval()
@@ -67,13 +68,15 @@ def save_training_samples(path: Path, batch: dict, pseudo, online: torch.nn.Modu
     for i in range(min(limit, batch["weak"].shape[0])):
         image = denormalize(batch["weak"][i], mean, std)
         cam = pseudo.valid_cam[i].amax(0).float().cpu().numpy()
-        rows.append([
-            image,
-            blend(image, heatmap(cam)),
-            colorize(pseudo.cpl[i].cpu().numpy(), palette),
-            colorize(pseudo.spl[i].argmax(0).cpu().numpy(), palette),
-            colorize(prediction[i].argmax(0).cpu().numpy(), palette),
-        ])
+        rows.append(
+            [
+                image,
+                blend(image, heatmap(cam)),
+                colorize(pseudo.cpl[i].cpu().numpy(), palette),
+                colorize(pseudo.spl[i].argmax(0).cpu().numpy(), palette),
+                colorize(prediction[i].argmax(0).cpu().numpy(), palette),
+            ]
+        )
     path.parent.mkdir(parents=True, exist_ok=True)
     grid(rows).save(path)
     return path

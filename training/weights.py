@@ -55,6 +55,7 @@ def _base_model_name(model_name: str) -> str:
 
 # ---------------------------------------------------------------- EfficientNet-Lite0 (torch state dict)
 
+
 def _map_efficientnet_lite0(path: Path, model: nn.Module) -> tuple[StateDict, list[str]]:
     """Pair the file's keys with the model's in order; equal parameter kinds and shapes are required.
 
@@ -151,15 +152,21 @@ def read_onnx_backbone(path: Path) -> dict[str, torch.Tensor]:
         if node.op_type != "MatMul" or node.input[1] not in arrays:
             continue
         bias = [
-            name for add in consumers.get(node.output[0], []) if add.op_type == "Add"
-            for name in add.input if name.endswith(".bias") and name in arrays
+            name
+            for add in consumers.get(node.output[0], [])
+            if add.op_type == "Add"
+            for name in add.input
+            if name.endswith(".bias") and name in arrays
         ]
         if len(bias) != 1:
             raise CosaModelError(f"{path.name}: cannot tell which layer MatMul {node.name!r} belongs to")
         out[bias[0][: -len("bias")] + "weight"] = tensor(node.input[1]).T.contiguous()
     grid = [n for n in arrays if len(arrays[n].dims) == 3 and _feeds(consumers, n, "Reshape") and n not in out]
-    cls_row = [n for n in arrays if list(arrays[n].dims[:2]) == [1, 1] and _feeds(consumers, n, "Concat")
-               and not n.startswith("backbone.")]
+    cls_row = [
+        n
+        for n in arrays
+        if list(arrays[n].dims[:2]) == [1, 1] and _feeds(consumers, n, "Concat") and not n.startswith("backbone.")
+    ]
     if len(grid) != 1 or len(cls_row) != 1:
         raise CosaModelError(f"{path.name}: the position embedding could not be found in the graph")
     out["backbone.embeddings.position_embeddings"] = torch.cat([tensor(cls_row[0]), tensor(grid[0])], dim=1)
@@ -352,10 +359,16 @@ def _load_exactly(model: nn.Module, state: StateDict, skipped: list[str], *, sou
     target = model.state_dict()
     missing = [k for k in target if k not in state and k not in skipped]
     unexpected = [k for k in state if k not in target]
-    shapes = [f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
-              if k in state and state[k].shape != v.shape]
+    shapes = [
+        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
+        for k, v in target.items()
+        if k in state and state[k].shape != v.shape
+    ]
     if missing or unexpected or shapes:
-        parts = [f"{label}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
-                 for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes)) if keys]
+        parts = [
+            f"{label}: {', '.join(keys[:5])}{' …' if len(keys) > 5 else ''}"
+            for label, keys in (("missing", missing), ("unexpected", unexpected), ("shape", shapes))
+            if keys
+        ]
         raise CosaModelError(f"{source} does not fit this {model.__class__.__name__} ({'; '.join(parts)})")
     model.load_state_dict(state, strict=False)
