@@ -22,7 +22,7 @@ from cosa_sdk.training.checkpoint import build_network, load_checkpoint
 from cosa_sdk.training.config import TrainConfig, preset
 from cosa_sdk.training.data import build_dataset
 from cosa_sdk.training.evaluate import evaluate, format_scores, predict_maps
-from cosa_sdk.training.pseudo_labels import cam_pseudo_label
+from cosa_sdk.training.pseudo_labels import cam_pseudo_label, valid_cams
 from cosa_sdk.training.report import write_report
 from cosa_sdk.training.visualize import blend, colorize, grid, heatmap
 
@@ -132,7 +132,7 @@ def sample_grid(run: Path, dataset, results: list[Any]):
         raw = sample["raw"].numpy()
         labels = torch.as_tensor(sample["labels"]).float()[None]
         cam, _ = predict_maps(network, sample["image"][None])
-        cam = cam * labels[:, :, None, None]
+        cam = valid_cams(cam, labels)
         cpl = cam_pseudo_label(cam, labels, t_high=cfg["t_high"], t_low=cfg["t_low"])[0].numpy()
         h, w = raw.shape[:2]
         cam_map = torch.nn.functional.interpolate(

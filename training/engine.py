@@ -18,7 +18,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 
 from cosa_sdk import __version__
-from cosa_sdk.errors import CosaConfigError, CosaModelError
+from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaModelError
 from cosa_sdk.training.checkpoint import load_checkpoint, save_checkpoint
 from cosa_sdk.training.config import TrainConfig
 from cosa_sdk.training.data import build_dataset, seed_worker
@@ -141,11 +141,7 @@ class Trainer:
                 seed=self.config.seed,
                 eval_size=self.config.eval_size or self.config.crop_size,
             )
-        except Exception as err:  # a dataset without masks trains fine but cannot be scored
-            from cosa_sdk.errors import CosaDataError
-
-            if not isinstance(err, CosaDataError):
-                raise
+        except CosaDataError:  # a dataset without masks trains fine but cannot be scored
             return None
         return val if len(val) else None
 

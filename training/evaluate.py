@@ -15,10 +15,9 @@ import torch.nn.functional as F
 
 from cosa_sdk.training.metrics import ConfusionMatrix
 from cosa_sdk.training.network import CoSANetwork
-from cosa_sdk.training.pseudo_labels import normalize_cams, teacher_fusion
+from cosa_sdk.training.pseudo_labels import mask_absent_classes, normalize_cams, teacher_fusion, valid_cams
 
 EVAL_TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
-ABSENT = -1e5
 
 
 @torch.no_grad()
@@ -37,15 +36,8 @@ def predict_maps(
 
 def cam_to_label(cam: torch.Tensor, labels: torch.Tensor, threshold: float) -> torch.Tensor:
     """Label map from normalised CAMs: absent classes zeroed, argmax + 1 above `threshold`, else background."""
-    cam = cam * labels[:, :, None, None]
-    value, index = cam.max(dim=1)
+    value, index = valid_cams(cam, labels).max(dim=1)
     return torch.where(value > threshold, index + 1, torch.zeros_like(index))
-
-
-def filter_absent(seg_logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Set the logits of classes absent from `labels` to -1e5; background (channel 0) is always kept."""
-    keep = torch.cat([torch.ones_like(labels[:, :1]), labels], dim=1) > 0
-    return seg_logits.masked_fill(~keep[:, :, None, None], ABSENT)
 
 
 @torch.no_grad()
@@ -79,7 +71,7 @@ def evaluate(
         size = gt.shape[-2:]
         cam, seg = predict_maps(network, image, tta=tta)
         seg = F.interpolate(seg.float(), size=size, mode="bilinear", align_corners=False)
-        filtered = filter_absent(seg, labels)
+        filtered = mask_absent_classes(seg, labels)
         seg_ps.update(seg.argmax(1)[0].cpu().numpy(), gt)
         if crf:
             from cosa_sdk.training.crf_postprocess import dense_crf
@@ -92,7 +84,7 @@ def evaluate(
             cam = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)
             cams.update(cam_to_label(cam, labels, cam_threshold)[0].cpu().numpy(), gt)
         count += 1
-    ps, vd = seg_ps.scores(), seg_vd.scores()
+    ps, vd, cam_scores = seg_ps.scores(), seg_vd.scores(), cams.scores()
     names = ["background", *class_names] if class_names is not None else None
 
     def per_class(values) -> list | dict:
@@ -101,13 +93,13 @@ def evaluate(
 
     with_cams = with_cams and count > 0
     return {
-        "cam_miou": _percent(cams.scores()["miou"]) if with_cams else None,
+        "cam_miou": _percent(cam_scores["miou"]) if with_cams else None,
         "seg_miou": _percent(ps["miou"]),
         "seg_miou_gt_filtered": _percent(vd["miou"]),
         "pixel_acc": _percent(ps["pixel_acc"]),
         "per_class_iou": per_class(ps["per_class_iou"]),
         "per_class_iou_gt_filtered": per_class(vd["per_class_iou"]),
-        "per_class_cam_iou": per_class(cams.scores()["per_class_iou"]) if with_cams else None,
+        "per_class_cam_iou": per_class(cam_scores["per_class_iou"]) if with_cams else None,
         "num_images": count,
         "tta": tta,
         "crf": crf,

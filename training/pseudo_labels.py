@@ -201,8 +201,15 @@ def segmentation_pseudo_label(
     _check_4d("seg_logits", seg_logits)
     if temperature <= 0:
         raise CosaInputError(f"temperature must be > 0 (the spec uses 0.01), got {temperature}.")
+    return F.softmax(mask_absent_classes(seg_logits, cls_labels) / temperature, dim=1)
+
+
+def mask_absent_classes(seg_logits: torch.Tensor, cls_labels: torch.Tensor) -> torch.Tensor:
+    """Seg logits with the classes absent from the image labels set to -1e5; background (channel 0) kept.
+
+    Used for the SPL (spec 2.4) and for the GT-filtered evaluation protocol (spec 4.1, "Seg_vd")."""
+    _check_4d("seg_logits", seg_logits)
     b, k = seg_logits.shape[:2]
     labels = _check_labels(cls_labels, b, k - 1).to(seg_logits.device)
     keep = torch.cat([torch.ones(b, 1, dtype=torch.bool, device=seg_logits.device), labels != 0], dim=1)
-    masked = seg_logits.masked_fill(~keep[:, :, None, None], -1e5)
-    return F.softmax(masked / temperature, dim=1)
+    return seg_logits.masked_fill(~keep[:, :, None, None], -1e5)

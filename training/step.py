@@ -18,7 +18,7 @@ from cosa_sdk.training.crf_loss import DenseCRFLoss
 from cosa_sdk.training.dynamic_threshold import DynamicThreshold
 from cosa_sdk.training.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
 from cosa_sdk.training.perplexity import perplexity_weights
-from cosa_sdk.training.pseudo_labels import cam_pseudo_label, segmentation_pseudo_label, teacher_fusion
+from cosa_sdk.training.pseudo_labels import cam_pseudo_label, segmentation_pseudo_label, teacher_fusion, valid_cams
 
 
 @dataclass
@@ -78,8 +78,7 @@ class CoSALosses(nn.Module):
         fused = teacher_fusion(
             assignment.forward_all_maps, weak, scales=cfg.pseudo_scales, aux_last_scale_only=cfg.aux_last_scale_only
         )
-        present = labels[:, :, None, None]
-        valid_cam, valid_aux = fused.cam * present, fused.aux_cam * present
+        valid_cam, valid_aux = valid_cams(fused.cam, labels), valid_cams(fused.aux_cam, labels)
         if self.dynamic is not None:
             low, high = self.dynamic[0].update(valid_cam)
             aux_low, aux_high = self.dynamic[1].update(valid_aux)
