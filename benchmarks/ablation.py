@@ -7,6 +7,7 @@ Trains the `tiny` preset once per row and seed and prints one table (also JSON a
   +dynamic        + dynamic threshold searching (GMM)
   +perplexity     + soft perplexity-based regularisation of L_c2s
   +contrastive    + contrastive separation
+  ppl+csc         + perplexity and contrastive (all but the technique whose warm-up cost breaks the CPU budget)
   all-three       + all three techniques
   full            the same network and schedule trained on ground-truth masks (upper bound)
 
@@ -28,7 +29,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosa_sdk.training.checkpoint import build_network, load_checkpoint
+from cosa_sdk.training.checkpoint import build_network, load_checkpoint, save_checkpoint
 from cosa_sdk.training.config import TrainConfig, preset
 from cosa_sdk.training.data import build_dataset, ensure_synthetic, parse_data_spec
 from cosa_sdk.training.engine import Trainer
@@ -43,6 +44,7 @@ ROWS: dict[str, dict] = {
     "+dynamic": {"dynamic_threshold": True},
     "+perplexity": {"perplexity": True},
     "+contrastive": {"contrastive": True},
+    "ppl+csc": {"perplexity": True, "contrastive": True},
     "all-three": {"dynamic_threshold": True, "perplexity": True, "contrastive": True},
     "full": {},
 }
@@ -82,15 +84,67 @@ def pair_miou(per_class: dict[str, float | None], pair: list[str]) -> float | No
     return float(np.mean(values)) if values else None
 
 
-def run_row(row: str, seed: int, base: TrainConfig, data_spec: str, workdir: Path, pair: list[str]) -> dict:
+def shared_warmup(
+    config: TrainConfig, warmup_iters: int, data_spec: str, workdir: Path, cache: dict
+) -> tuple[Path, float]:
+    """The classification warm-up all co-training rows of one seed share: (its last.pt, its minutes).
+
+    Warm-up iterations compute the same thing in every weak row (the techniques act after it), except
+    that dynamic thresholds run their tracker from step 0; those rows share a second warm-up. The CAM-only
+    row leaves it too: its first `warmup_iters` iterations are the same classification training."""
+    key = (config.seed, config.dynamic_threshold)
+    if key not in cache:
+        techniques = {**dict.fromkeys(TECHNIQUES, False), "dynamic_threshold": key[1]}
+        warm_config = dataclasses.replace(config, **techniques, loss_warmup_iters=warmup_iters)
+        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}"
+        done = run / "warmup.json"
+        if done.exists() and json.loads(done.read_text())["config"] == warm_config.to_dict():
+            cache[key] = (run / "last.pt", json.loads(done.read_text())["minutes"])
+            return cache[key]
+        started = time.perf_counter()
+        Trainer(warm_config, run_dir=run, data_spec=data_spec, preset_name="tiny", force=True).fit(
+            stop_after=warm_config.loss_warmup_iters
+        )
+        minutes = (time.perf_counter() - started) / 60
+        done.write_text(json.dumps({"config": warm_config.to_dict(), "minutes": minutes}))
+        cache[key] = (run / "last.pt", minutes)
+    return cache[key]
+
+
+def branch(warm: Path, run: Path, config: TrainConfig) -> None:
+    """Start `run` from a shared warm-up checkpoint, under the row's own config."""
+    record = load_checkpoint(warm)
+    record["config"] = config.to_dict()
+    # the warm-up's saved thresholds would override the row's own (a resume restores them)
+    thresholds = {"high": config.t_high, "low": config.t_low}
+    thresholds.update(aux_high=config.aux_t_high, aux_low=config.aux_t_low)
+    record["losses"] = {**record.get("losses", {}), "thresholds": thresholds}
+    run.mkdir(parents=True, exist_ok=True)
+    save_checkpoint(run / "last.pt", record)
+
+
+def run_row(
+    row: str, seed: int, base: TrainConfig, data_spec: str, workdir: Path, pair: list[str], warmups: dict | None
+) -> dict:
     config = row_config(row, base, seed)
     run = workdir / f"{row}-seed{seed}"
     supervision = "full" if row == "full" else "weak"
+    warm_minutes, resume = 0.0, False
+    if warmups is not None and row != "full":
+        warm, warm_minutes = shared_warmup(config, base.loss_warmup_iters, data_spec, workdir, warmups)
+        branch(warm, run, config)
+        resume = True
     started = time.perf_counter()
     summary = Trainer(
-        config, run_dir=run, data_spec=data_spec, supervision=supervision, preset_name="tiny", force=True
+        config,
+        run_dir=run,
+        data_spec=data_spec,
+        supervision=supervision,
+        preset_name="tiny",
+        force=not resume,
+        resume=resume,
     ).fit()
-    minutes = (time.perf_counter() - started) / 60
+    minutes = warm_minutes + (time.perf_counter() - started) / 60
     metrics = summary["metrics"]
     scores = metrics[metrics["selected"]]
     cam = metrics.get("online", {}).get("cam_miou")
@@ -165,6 +219,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data", default="synthetic")
     parser.add_argument("--quick", action="store_true", help="a smoke pass: tiny data and a few iterations")
     parser.add_argument("--out", type=Path, default=RESULTS / "ablation.json")
+    parser.add_argument("--append", action="store_true", help="add to the runs in --out (same row+seed replaced)")
+    parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temp folder)")
+    parser.add_argument(
+        "--no-shared-warmup",
+        dest="shared_warmup",
+        action="store_false",
+        help="train every row from scratch instead of branching the co-training rows from one warm-up per seed",
+    )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
     base = preset("tiny")
@@ -185,16 +247,28 @@ def main(argv: list[str] | None = None) -> int:
     spec = parse_data_spec(data_spec)
     meta = json.loads((ensure_synthetic(spec.params) / "meta.json").read_text()) if spec.kind == "synthetic" else {}
     pair = meta.get("cooccurring_pair", [])
-    records = []
-    with tempfile.TemporaryDirectory(prefix="cosa-ablation-") as workdir:
+    records, warmups = [], ({} if args.shared_warmup else None)
+    if args.append and args.out.exists():
+        records = json.loads(args.out.read_text())["runs"]
+    with tempfile.TemporaryDirectory(prefix="cosa-ablation-") as scratch:
+        workdir = args.workdir or Path(scratch)
+        workdir.mkdir(parents=True, exist_ok=True)
         for seed in args.seeds:
             for row in args.rows:
                 print(f"== {row} seed {seed}", file=sys.stderr, flush=True)
-                records.append(run_row(row, seed, base, data_spec, Path(workdir), pair))
+                record = run_row(row, seed, base, data_spec, workdir, pair, warmups)
+                records = [r for r in records if (r["row"], r["seed"]) != (row, seed)] + [record]
+                print(json.dumps(record), file=sys.stderr, flush=True)
+                write_results(args.out, base, data_spec, pair, records)
+    print(format_table(summarise(records)))
+    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
+    return 0
+
+
+def write_results(out: Path, base: TrainConfig, data_spec: str, pair: list[str], records: list[dict]) -> None:
+    """JSON (every run and the per-row summary) and the bar chart; rewritten after every run."""
     rows = summarise(records)
-    table = format_table(rows)
-    print(table)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
     payload = {
         "machine": _machine(),
         "config": base.to_dict(),
@@ -203,10 +277,8 @@ def main(argv: list[str] | None = None) -> int:
         "runs": records,
         "rows": rows,
     }
-    args.out.write_text(json.dumps(payload, indent=2))
-    bar_chart(rows, args.out.with_suffix(".png"))
-    print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
-    return 0
+    out.write_text(json.dumps(payload, indent=2))
+    bar_chart(rows, out.with_suffix(".png"))
 
 
 def _machine() -> dict:

@@ -159,6 +159,18 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="demo_out")
     p.add_argument("--force", action="store_true", help="start over instead of reusing demo_out")
     p.add_argument("--iters", type=int, default=None, help="training iterations (default: the tiny preset's)")
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="synthetic[:n_train=N,n_val=N,size=PX,seed=S] or custom:PATH (default: the embedded benchmark)",
+    )
+    p.add_argument(
+        "--screenshot",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="render report.html in headless Chromium and save report.png (default: when Chromium is found)",
+    )
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="override tiny-preset values")
 
 
 def build_parser() -> argparse.ArgumentParser:

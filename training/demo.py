@@ -18,15 +18,16 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cosa_sdk.errors import CosaConfigError, CosaDataError
 from cosa_sdk.training.checkpoint import build_network, load_checkpoint
-from cosa_sdk.training.config import TrainConfig, preset
+from cosa_sdk.training.config import TrainConfig, apply_overrides, preset
 from cosa_sdk.training.data import build_dataset
 from cosa_sdk.training.evaluate import evaluate, format_scores, predict_maps
 from cosa_sdk.training.pseudo_labels import cam_pseudo_label, valid_cams
 from cosa_sdk.training.report import write_report
 from cosa_sdk.training.visualize import blend, colorize, grid, heatmap
 
-DATA_SPEC = "synthetic"
+DEFAULT_DATA = "synthetic"
 SAMPLE_IMAGES = 6
 LATENCY_BACKENDS = ("onnxruntime", "onnxruntime-int8", "torch")
 
@@ -39,23 +40,32 @@ def _fresh(target: Path, source: Path) -> bool:
     return target.exists() and source.exists() and target.stat().st_mtime >= source.stat().st_mtime
 
 
-def train_stage(run: Path, config: TrainConfig) -> None:
+def train_stage(run: Path, config: TrainConfig, data: str) -> None:
     from cosa_sdk.training.engine import Trainer
 
     last = run / "last.pt"
     if last.exists():
         record = load_checkpoint(last)
+        differences = TrainConfig.from_dict(record["config"]).differences(config)
+        if record.get("data", {}).get("spec") != data:
+            differences["data"] = (record.get("data", {}).get("spec"), data)
+        if differences:
+            listing = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(differences.items()))
+            raise CosaConfigError(
+                f"{run} holds a demo run with other settings ({listing}); pass --force to start over "
+                "or --out to keep both"
+            )
         if int(record["iteration"]) >= config.iters and (run / "best.pt").exists():
             _say(f"reusing the trained run in {run} ({record['iteration']} iterations)")
             return
         _say(f"resuming training from {last} (iteration {record['iteration']} of {config.iters})")
-        Trainer(config, run_dir=run, data_spec=DATA_SPEC, preset_name="tiny", resume=True).fit()
+        Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", resume=True).fit()
         return
-    _say(f"training the tiny preset for {config.iters} iterations on the synthetic benchmark -> {run}")
-    Trainer(config, run_dir=run, data_spec=DATA_SPEC, preset_name="tiny", force=True).fit()
+    _say(f"training the tiny preset for {config.iters} iterations on {data} -> {run}")
+    Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", force=True).fit()
 
 
-def eval_stage(run: Path, out: Path) -> dict[str, Any]:
+def eval_stage(run: Path, out: Path, data: str) -> dict[str, Any]:
     target = out / "eval.json"
     if _fresh(target, run / "best.pt"):
         _say(f"reusing scores in {target}")
@@ -63,7 +73,7 @@ def eval_stage(run: Path, out: Path) -> dict[str, Any]:
     record = load_checkpoint(run / "best.pt")
     network = build_network(record)
     dataset = build_dataset(
-        DATA_SPEC, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
+        data, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
     )
     scores = evaluate(
         network,
@@ -77,7 +87,7 @@ def eval_stage(run: Path, out: Path) -> dict[str, Any]:
     return scores
 
 
-def export_stage(run: Path, bundle: Path) -> None:
+def export_stage(run: Path, bundle: Path, data: str) -> None:
     from cosa_sdk.export import ExportOptions, export_bundle
     from cosa_sdk.export.cli import print_report
 
@@ -85,7 +95,7 @@ def export_stage(run: Path, bundle: Path) -> None:
         _say(f"reusing the bundle in {bundle}")
         return
     _say(f"exporting {run / 'best.pt'} -> {bundle} (ONNX + INT8)")
-    print_report(export_bundle(run / "best.pt", bundle, ExportOptions(int8=True, force=True, data=DATA_SPEC)))
+    print_report(export_bundle(run / "best.pt", bundle, ExportOptions(int8=True, force=True, data=data)))
 
 
 def segment_stage(bundle: Path, dataset, out: Path) -> list[Any]:
@@ -151,22 +161,38 @@ def sample_grid(run: Path, dataset, results: list[Any]):
     return grid(rows, cell=160)
 
 
+def screenshot_stage(report: Path, wanted: bool | None) -> Path | None:
+    """report.png from headless Chromium when asked (or, by default, when a browser is installed)."""
+    from cosa_sdk.training.browser import INSTALL_HINT, check_report, find_browser
+
+    if wanted is False or (wanted is None and find_browser() is None):
+        if wanted is None:
+            _say(f"no Chromium found, so no report.png ({INSTALL_HINT})")
+        return None
+    check = check_report(report, screenshot=report.with_suffix(".png"))
+    if not check.ok:
+        raise CosaDataError(f"{report}: only {check.images_loaded} of {check.images_total} images rendered")
+    _say(f"report renders in Chromium with all {check.images_total} images -> {check.screenshot}")
+    return check.screenshot
+
+
 def demo_command(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if args.force and out.exists():
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     run, bundle = out / "run", out / "bundle"
-    config = preset("tiny")
+    data = getattr(args, "data", None) or DEFAULT_DATA
+    config = apply_overrides(preset("tiny"), list(getattr(args, "overrides", None) or []))
     if getattr(args, "iters", None):
         config = dataclasses.replace(config, iters=args.iters)
     started = time.perf_counter()
-    train_stage(run, config)
-    scores = eval_stage(run, out)
-    export_stage(run, bundle)
+    train_stage(run, config, data)
+    scores = eval_stage(run, out, data)
+    export_stage(run, bundle, data)
     record = load_checkpoint(run / "best.pt")
     dataset = build_dataset(
-        DATA_SPEC, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
+        data, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
     )
     results = segment_stage(bundle, dataset, out)
     latency = latency_stage(bundle, dataset[0]["raw"].numpy())
@@ -177,7 +203,7 @@ def demo_command(args: argparse.Namespace) -> int:
         f"cosa eval {run / 'best.pt'} --tta",
     ]
     summary = [
-        ["dataset", f"{DATA_SPEC} ({len(dataset)} held-out images, {len(record['classes'])} classes)"],
+        ["dataset", f"{data} ({len(dataset)} held-out images, {len(record['classes'])} classes)"],
         [
             "model",
             f"{record['model_config']['backbone']} ({record.get('backbone_weights')}), "
@@ -199,7 +225,10 @@ def demo_command(args: argparse.Namespace) -> int:
         latency_rows=latency,
         commands=commands,
     )
+    screenshot = screenshot_stage(report, getattr(args, "screenshot", None))
     _say(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
+    if screenshot is not None:
+        print(f"picture: {screenshot}")
     print(f"report:  {report}")
     print(f"bundle:  {bundle}")
     for command in commands[:2]:

@@ -23,6 +23,15 @@ th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: ta
 img { max-width: 100%; } .caption { color: #666; font-size: 0.9em; } code { background: #f4f4f4; padding: 1px 4px; }
 """
 
+# Marks <body data-images-loaded="OK/TOTAL"> after load, so a browser check (training.browser) sees broken pictures.
+IMAGE_CHECK_SCRIPT = """<script>
+addEventListener("load", () => {
+  const images = Array.from(document.images);
+  const ok = images.filter((i) => i.complete && i.naturalWidth > 0).length;
+  document.body.dataset.imagesLoaded = ok + "/" + images.length;
+});
+</script>"""
+
 
 def image_tag(picture: Image.Image, *, alt: str) -> str:
     buffer = io.BytesIO()
@@ -130,6 +139,7 @@ def write_report(
         table(["backend", "batch", "median ms / image", "images / s"], latency_rows),
         "<h2>Try next</h2>",
         "".join(f"<pre><code>{html.escape(c)}</code></pre>" for c in commands),
+        IMAGE_CHECK_SCRIPT,
         "</body></html>",
     ]
     path.parent.mkdir(parents=True, exist_ok=True)

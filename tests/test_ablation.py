@@ -1,0 +1,64 @@
+"""benchmarks/ablation.py: rows branched from a shared warm-up are the runs they stand for."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+import ablation  # noqa: E402
+from test_engine import DATA, tiny_config  # noqa: E402
+
+from cosa_sdk.training.engine import Trainer  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def _cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("COSA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cosa-cache"))
+
+
+def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
+    return {**trainer.online.state_dict(), **{f"ema.{k}": v for k, v in trainer.assignment.state_dict().items()}}
+
+
+@pytest.mark.parametrize("row", ["+perplexity", "+dynamic"])
+def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> None:
+    base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100, t_high=0.65, t_low=0.35)
+    config = ablation.row_config(row, base, seed=0)
+    straight = Trainer(config, run_dir=tmp_path / "straight", data_spec=DATA)
+    straight.fit()
+    warm, _ = ablation.shared_warmup(config, base.loss_warmup_iters, DATA, tmp_path, {})
+    ablation.branch(warm, tmp_path / "branched", config)
+    branched = Trainer(config, run_dir=tmp_path / "branched", data_spec=DATA, resume=True)
+    assert branched.step == 3
+    branched.fit()
+    expected, got = _weights(straight), _weights(branched)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+
+
+def test_a_branch_runs_under_the_rows_thresholds_not_the_warm_ups(tmp_path) -> None:
+    warm_config = tiny_config(iters=4, loss_warmup_iters=2, eval_every=100, sample_every=100, t_high=0.9, t_low=0.1)
+    Trainer(warm_config, run_dir=tmp_path / "warm", data_spec=DATA).fit(stop_after=2)
+    config = dataclasses.replace(warm_config, t_high=0.65, t_low=0.35)
+    ablation.branch(tmp_path / "warm" / "last.pt", tmp_path / "row", config)
+    row = Trainer(config, run_dir=tmp_path / "row", data_spec=DATA, resume=True)
+    assert (row.losses.thresholds.high, row.losses.thresholds.low) == (0.65, 0.35)
+
+
+def test_results_are_written_after_every_run_and_appended(tmp_path) -> None:
+    record = {"row": "released", "seed": 0, "seg_miou": 30.0, "cam_miou": 25.0, "pair_miou": None, "minutes": 2.0}
+    out = tmp_path / "ablation.json"
+    base = tiny_config()
+    ablation.write_results(out, base, DATA, [], [record, {**record, "seed": 1, "seg_miou": 34.0}])
+    rows = json.loads(out.read_text())["rows"]
+    assert rows[0]["row"] == "released" and rows[0]["seg_miou"] == 32.0 and rows[0]["seeds"] == [0, 1]
+    assert rows[0]["pair_miou"] is None and out.with_suffix(".png").is_file()
+    assert "32.0 ± 2.8" in ablation.format_table(rows)
