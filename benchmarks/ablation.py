@@ -190,6 +190,28 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_markdown(rows: list[dict]) -> str:
+    """The same table as README markdown."""
+
+    def cell(entry: dict, key: str, digits: int = 1) -> str:
+        value = entry[key]
+        if value is None:
+            return "–"
+        spread = f" ± {entry[key + '_std']:.{digits}f}" if len(entry["seeds"]) > 1 else ""
+        return f"{value:.{digits}f}{spread}"
+
+    lines = [
+        "| row | seeds | seg mIoU (label-free) | CAM mIoU | pair mIoU | train minutes |",
+        "|---|---|---|---|---|---|",
+    ]
+    for e in rows:
+        lines.append(
+            f"| {e['row']} | {len(e['seeds'])} | {cell(e, 'seg_miou')} | {cell(e, 'cam_miou')} | "
+            f"{cell(e, 'pair_miou')} | {cell(e, 'minutes')} |"
+        )
+    return "\n".join(lines)
+
+
 def bar_chart(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -261,6 +283,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(record), file=sys.stderr, flush=True)
                 write_results(args.out, base, data_spec, pair, records)
     print(format_table(summarise(records)))
+    print(format_markdown(summarise(records)))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
