@@ -169,7 +169,9 @@ def summarise(records: list[dict]) -> list[dict]:
             continue
         entry = {"row": row, "seeds": [r["seed"] for r in mine]}
         for key in ("seg_miou", "cam_miou", "pair_miou", "minutes"):
-            values = [r[key] for r in mine if r[key] is not None]
+            # a run marked "shared_machine" (the cores were busy with other work) keeps its scores, not its time
+            timed = [r for r in mine if not (key == "minutes" and r.get("shared_machine"))]
+            values = [r[key] for r in timed if r[key] is not None]
             entry[key] = statistics.mean(values) if values else None
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
         rows.append(entry)

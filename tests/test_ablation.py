@@ -62,3 +62,10 @@ def test_results_are_written_after_every_run_and_appended(tmp_path) -> None:
     assert rows[0]["row"] == "released" and rows[0]["seg_miou"] == 32.0 and rows[0]["seeds"] == [0, 1]
     assert rows[0]["pair_miou"] is None and out.with_suffix(".png").is_file()
     assert "32.0 ± 2.8" in ablation.format_table(rows)
+
+
+def test_a_run_that_shared_the_machine_keeps_its_scores_but_not_its_time() -> None:
+    record = {"row": "released", "seed": 0, "seg_miou": 30.0, "cam_miou": 25.0, "pair_miou": 9.0, "minutes": 9.0}
+    busy = {**record, "seed": 1, "seg_miou": 32.0, "minutes": 17.0, "shared_machine": True}
+    (row,) = ablation.summarise([record, busy])
+    assert row["seg_miou"] == 31.0 and row["minutes"] == 9.0
