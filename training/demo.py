@@ -41,16 +41,13 @@ def _fresh(target: Path, source: Path) -> bool:
 
 
 def train_stage(run: Path, config: TrainConfig, data: str) -> None:
-    from cosa_sdk.training.engine import Trainer
+    from cosa_sdk.training.engine import Trainer, run_differences
 
     last = run / "last.pt"
     if last.exists():
         record = load_checkpoint(last)
-        differences = TrainConfig.from_dict(record["config"]).differences(config)
-        if record.get("data", {}).get("spec") != data:
-            differences["data"] = (record.get("data", {}).get("spec"), data)
-        if differences:
-            listing = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(differences.items()))
+        listing = run_differences(record, config, data_spec=data)
+        if listing:
             raise CosaConfigError(
                 f"{run} holds a demo run with other settings ({listing}); pass --force to start over "
                 "or --out to keep both"

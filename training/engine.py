@@ -34,6 +34,16 @@ from cosa_sdk.training.visualize import save_training_samples
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "samples")
 
 
+def run_differences(record: dict[str, Any], config: TrainConfig, *, data_spec: str, supervision: str = "weak") -> str:
+    """What a saved run (checkpoint record) computes differently from `config`, as readable text ("" if nothing)."""
+    diff = TrainConfig.from_dict(record["config"]).differences(config)
+    if record.get("data", {}).get("spec") != data_spec:
+        diff["data"] = (record.get("data", {}).get("spec"), data_spec)
+    if record.get("supervision", "weak") != supervision:
+        diff["supervision"] = (record.get("supervision"), supervision)
+    return ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+
+
 class Trainer:
     """Trains CoSA (or, with `supervision="full"`, the same network on ground-truth masks) into `run_dir`."""
 
@@ -103,14 +113,8 @@ class Trainer:
                     f"--resume: {self.run_dir / 'last.pt'} does not exist; start the run without --resume"
                 )
             record = load_checkpoint(self.run_dir / "last.pt")
-            saved = TrainConfig.from_dict(record["config"])
-            diff = saved.differences(self.config)
-            if record.get("data", {}).get("spec") != self.data_spec:
-                diff["data"] = (record.get("data", {}).get("spec"), self.data_spec)
-            if record.get("supervision", "weak") != self.supervision:
-                diff["supervision"] = (record.get("supervision"), self.supervision)
-            if diff:
-                listing = ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
+            listing = run_differences(record, self.config, data_spec=self.data_spec, supervision=self.supervision)
+            if listing:
                 raise CosaConfigError(
                     f"--resume with another config ({listing}); resume with the run's own "
                     f"settings, or start a new run in another --out directory"
