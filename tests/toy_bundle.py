@@ -56,6 +56,24 @@ class ColourNet(nn.Module):
         return F.interpolate(coarse, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class BusyColourNet(ColourNet):
+    """ColourNet plus a stack of wide convolutions whose output barely touches the logits.
+
+    It makes every model call take a known, noticeable time (tens of milliseconds per image), so a
+    test can rely on concurrent requests queueing behind a busy model worker.
+    """
+
+    def __init__(self, num_classes: int, *, layers: int = 6, width: int = 48) -> None:
+        super().__init__(num_classes)
+        convs: list[nn.Module] = [nn.Conv2d(3, width, 3, padding=1)]
+        convs += [nn.Conv2d(width, width, 3, padding=1) for _ in range(layers - 1)]
+        self.busy = nn.Sequential(*convs)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        noise = self.busy(images).mean(dim=(1, 2, 3)).view(-1, 1, 1, 1)
+        return super().forward(images) + 1e-6 * torch.tanh(noise)
+
+
 def bundle_config(
     classes: Sequence[str], input_size: Sequence[int], *, dynamic: bool, artifacts: dict[str, str]
 ) -> dict[str, Any]:
@@ -121,8 +139,11 @@ def make_toy_bundle(
     int8: bool = False,
     with_torch: bool = False,
     fixed_batch: int | None = None,
+    busy: bool = False,
 ) -> Path:
     """Write a bundle folder at `path` (created) and return it.
+
+    busy: the colour model with a slow, negligible extra branch (`BusyColourNet`).
 
     dynamic: free height and width (for multi-scale TTA); otherwise a fixed input size. The batch
     axis is free unless `fixed_batch` is given.
@@ -143,7 +164,7 @@ def make_toy_bundle(
         artifacts["torch"] = "model.safetensors"
         extra["model_config"] = TINY_STREAM_CONFIG
     else:
-        model = ColourNet(len(classes))
+        model = BusyColourNet(len(classes)) if busy else ColourNet(len(classes))
     if int8:
         artifacts["onnx_int8"] = "model.int8.onnx"
     config = {**bundle_config(classes, input_size, dynamic=dynamic, artifacts=artifacts), **extra}
