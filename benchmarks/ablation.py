@@ -9,6 +9,7 @@ Trains the `tiny` preset once per row and seed and prints one table (also JSON a
   +contrastive    + contrastive separation
   ppl+csc         + perplexity and contrastive (all but the technique whose warm-up cost breaks the CPU budget)
   all-three       + all three techniques
+  uniform         ppl+csc with every training image drawn equally often (the preset balances label sets)
   full            the same network and schedule trained on ground-truth masks (upper bound)
 
 Columns: label-free seg mIoU, CAM mIoU, mIoU over the co-occurring class pair, training minutes.
@@ -46,6 +47,7 @@ ROWS: dict[str, dict] = {
     "+contrastive": {"contrastive": True},
     "ppl+csc": {"perplexity": True, "contrastive": True},
     "all-three": {"dynamic_threshold": True, "perplexity": True, "contrastive": True},
+    "uniform": {"perplexity": True, "contrastive": True, "label_set_balance": 0.0},
     "full": {},
 }
 TECHNIQUES = ("dynamic_threshold", "perplexity", "contrastive")
@@ -90,13 +92,14 @@ def shared_warmup(
     """The classification warm-up all co-training rows of one seed share: (its last.pt, its minutes).
 
     Warm-up iterations compute the same thing in every weak row (the techniques act after it), except
-    that dynamic thresholds run their tracker from step 0; those rows share a second warm-up. The CAM-only
-    row leaves it too: its first `warmup_iters` iterations are the same classification training."""
-    key = (config.seed, config.dynamic_threshold)
+    that dynamic thresholds run their tracker from step 0 and another sampling draws other images; such
+    rows share a warm-up of their own. The CAM-only row leaves it too: its first `warmup_iters` iterations
+    are the same classification training."""
+    key = (config.seed, config.dynamic_threshold, config.label_set_balance)
     if key not in cache:
         techniques = {**dict.fromkeys(TECHNIQUES, False), "dynamic_threshold": key[1]}
         warm_config = dataclasses.replace(config, **techniques, loss_warmup_iters=warmup_iters)
-        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}"
+        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}"
         done = run / "warmup.json"
         if done.exists() and json.loads(done.read_text())["config"] == warm_config.to_dict():
             cache[key] = (run / "last.pt", json.loads(done.read_text())["minutes"])

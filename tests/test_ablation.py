@@ -28,7 +28,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {**trainer.online.state_dict(), **{f"ema.{k}": v for k, v in trainer.assignment.state_dict().items()}}
 
 
-@pytest.mark.parametrize("row", ["+perplexity", "+dynamic"])
+@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform"])
 def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> None:
     base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100, t_high=0.65, t_low=0.35)
     config = ablation.row_config(row, base, seed=0)

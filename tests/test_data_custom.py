@@ -21,6 +21,7 @@ from cosa_sdk.training.data import (
     read_index,
     seed_worker,
 )
+from cosa_sdk.training.data.sampling import label_set_weights
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -286,6 +287,42 @@ def test_key_sampler_is_resumable_and_covers_each_epoch() -> None:
     assert list(TrainKeySampler(5, seed=1, start=7, num_keys=15)) == keys[7:]
     assert keys[9] == sampler.key(9)
     assert keys != list(TrainKeySampler(5, seed=2, num_keys=15))
+
+
+def test_weighted_key_sampler_follows_weights_and_resumes() -> None:
+    weights = np.array([0.7, 0.1, 0.1, 0.1, 0.0])
+    sampler = TrainKeySampler(5, seed=3, num_keys=4000, weights=weights)
+    keys = list(sampler)
+    assert len(set(keys)) == len(keys), "keys must stay unique so every draw gets its own augmentation"
+    counts = np.bincount([k % 5 for k in keys], minlength=5) / len(keys)
+    np.testing.assert_allclose(counts, weights, atol=0.03)
+    assert list(TrainKeySampler(5, seed=3, start=1234, num_keys=4000, weights=weights)) == keys[1234:]
+    assert keys[:50] != list(TrainKeySampler(5, seed=4, num_keys=50, weights=weights))
+    with pytest.raises(ValueError, match="non-negative"):
+        TrainKeySampler(5, weights=np.array([1.0, -1.0, 0, 0, 0]))
+
+
+def test_label_set_weights_favour_rare_label_sets() -> None:
+    sets = [(0, 1)] * 8 + [(0,)] * 2 + [(1,), (1, 0)]  # (1, 0) is the same set as (0, 1)
+    uniform = label_set_weights(sets, power=0.0)
+    np.testing.assert_allclose(uniform, np.full(12, 1 / 12))
+    flat = label_set_weights(sets, power=1.0)  # every distinct label set drawn equally often
+    by_set = {}
+    for labels, w in zip(sets, flat):
+        by_set[tuple(sorted(labels))] = by_set.get(tuple(sorted(labels)), 0.0) + w
+    np.testing.assert_allclose(sorted(by_set.values()), [1 / 3] * 3)
+    half = label_set_weights(sets, power=0.5)
+    assert half[10] > half[8] > half[0] and abs(half.sum() - 1) < 1e-12
+    apart = sum(w for labels, w in zip(sets, half) if len(set(labels)) == 1)
+    assert apart > 3 / 12, "sets where the pair appears apart must be drawn more often than their share"
+
+
+def test_label_sets_come_from_labels_or_masks(custom: Path) -> None:
+    ds = _train(custom)
+    sets = ds.label_sets()
+    assert len(sets) == len(ds)
+    for key, labels in enumerate(sets):
+        assert labels == tuple(int(c) for c in np.nonzero(ds[key]["labels"].numpy())[0])
 
 
 def test_parse_data_spec_forms_and_errors(tmp_path: Path) -> None:

@@ -77,6 +77,24 @@ def test_teacher_fusion_matches_slow_per_sample_reference(aux_last: bool) -> Non
     assert float(fused.cam.min()) >= 0 and float(fused.cam.max()) < 1
 
 
+def test_teacher_fusion_without_flip_runs_b_images_and_fuses_the_plain_views() -> None:
+    net = ToyNet()
+    images = torch.randn(2, 3, 16, 20)
+    scales = (1.0, 0.5)
+    with torch.no_grad():
+        fused = teacher_fusion(net, images, scales=scales, flip=False)
+        assert net.batches == [2, 2]  # half the teacher's work: no mirrored copies
+        cams, segs = [], []
+        for s in scales:
+            x = F.interpolate(images, scale_factor=s, mode="bilinear", align_corners=False)
+            cam, _, seg = (F.interpolate(o, size=(16, 20), mode="bilinear", align_corners=False) for o in net(x))
+            cams.append(torch.relu(cam))
+            segs.append(seg)
+    torch.testing.assert_close(fused.cam, normalize_cams(sum(cams)))
+    torch.testing.assert_close(fused.seg, sum(segs))
+    assert not torch.allclose(fused.cam, teacher_fusion(net, images, scales=scales).cam)
+
+
 def test_teacher_fusion_aux_bug_flag_changes_the_aux_cam_only() -> None:
     net, images = ToyNet(), torch.randn(2, 3, 16, 16)
     buggy = teacher_fusion(net, images, aux_last_scale_only=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -111,6 +113,18 @@ class TestViTNetwork(BaseNetworkTester):
         vit = net.backbone.model
         assert not any(p.requires_grad for p in vit.blocks[1].parameters())
         assert all(p.requires_grad for p in vit.blocks[2].parameters())
+
+    def test_aux_layer_inside_the_frozen_blocks_is_named_in_a_warning(self, caplog) -> None:
+        depth = len(CoSANetwork(backbone=self.backbone, num_classes=2, decoder_channels=8).backbone.model.blocks)
+        with caplog.at_level(logging.WARNING, logger="cosa_sdk.training.backbones"):
+            CoSANetwork(backbone=self.backbone, num_classes=2, decoder_channels=8, freeze_blocks=depth - 1)
+        assert "aux_layer=-1 would put it on the first trained block" in caplog.text
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="cosa_sdk.training.backbones"):
+            CoSANetwork(
+                backbone=self.backbone, num_classes=2, decoder_channels=8, freeze_blocks=depth - 1, aux_layer=-1
+            )
+        assert "frozen" not in caplog.text
 
 
 class TestCNNNetwork(BaseNetworkTester):

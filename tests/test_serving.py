@@ -452,7 +452,9 @@ def test_concurrent_requests_reach_the_model_in_batches(tmp_path: Path) -> None:
     assert statuses == [200] * 64
     assert images - images_before == 64, "every request must pass through the batchable API once"
     assert calls - calls_before < 64, "concurrent requests must share model calls"
-    assert calls - calls_before <= 32, f"{calls - calls_before} model calls for 64 queued requests: batching barely works"
+    assert calls - calls_before <= 32, (
+        f"{calls - calls_before} model calls for 64 queued requests: batching barely works"
+    )
 
 
 def test_sigterm_stops_server_and_workers_with_exit_code_0(tmp_path: Path) -> None:

@@ -7,6 +7,7 @@ segmentation decoder.
 
 from __future__ import annotations
 
+import logging
 from typing import Any, NamedTuple
 
 import timm
@@ -15,6 +16,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.errors import CosaConfigError
+
+logger = logging.getLogger(__name__)
 
 
 class BackboneFeatures(NamedTuple):
@@ -95,6 +98,12 @@ class ViTBackbone(nn.Module):
         self.grid_size = tuple(int(g) for g in vit.patch_embed.grid_size)
         vit.pos_embed.requires_grad_(False)
         self._freeze(freeze_blocks)
+        if self.aux_index < freeze_blocks < num_blocks:
+            logger.warning(
+                "aux_layer=%d is block %d, inside the %d frozen blocks: the auxiliary CAM head only sees frozen "
+                "features; aux_layer=%d would put it on the first trained block",
+                aux_layer, self.aux_index, freeze_blocks, freeze_blocks - num_blocks,
+            )  # fmt: skip
         self.register_buffer("fixed_pos_embed", None, persistent=False)
 
     def _freeze(self, num_blocks: int) -> None:

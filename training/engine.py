@@ -13,6 +13,7 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
@@ -22,6 +23,7 @@ from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaModelError
 from cosa_sdk.training.checkpoint import load_checkpoint, save_checkpoint
 from cosa_sdk.training.config import TrainConfig
 from cosa_sdk.training.data import build_dataset, seed_worker
+from cosa_sdk.training.data.sampling import label_set_weights
 from cosa_sdk.training.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
 from cosa_sdk.training.ema import ema_update, make_assignment_network
 from cosa_sdk.training.evaluate import evaluate
@@ -244,6 +246,14 @@ class Trainer:
             with open(self.run_dir / "metrics.jsonl", "a") as handle:
                 handle.write(json.dumps(entry) + "\n")
 
+    def _sampling_weights(self) -> np.ndarray | None:
+        power = self.config.label_set_balance
+        if power < 0:
+            raise CosaConfigError(f"label_set_balance must be >= 0 (0 turns it off), got {power}.")
+        if power == 0:
+            return None
+        return label_set_weights(self.train_set.label_sets(), power=power)
+
     def _loader(self) -> DataLoader:
         cfg = self.config
         sampler = StepBatchSampler(
@@ -254,6 +264,7 @@ class Trainer:
             seed=cfg.seed,
             rank=self.ctx.rank,
             world_size=self.ctx.world_size,
+            weights=self._sampling_weights(),
         )
         return DataLoader(
             self.train_set,

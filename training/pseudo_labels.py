@@ -76,12 +76,20 @@ def _split_outputs(out: object) -> tuple[torch.Tensor | None, torch.Tensor | Non
     )
 
 
+def _merge_flip(
+    maps: torch.Tensor, b: int, merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """Combine the first B maps with the mirrored-back second B maps."""
+    return merge(maps[:b], maps[b:].flip(-1))
+
+
 def teacher_fusion(
     forward: Callable[[torch.Tensor], object],
     images: torch.Tensor,
     *,
     scales: Sequence[float] = (1.0, 0.5, 1.5),
     aux_last_scale_only: bool = False,
+    flip: bool = True,
 ) -> TeacherOutput:
     """Multi-scale + horizontal-flip fusion of a network's maps (spec 2.2 / 4.1), without gradients.
 
@@ -90,7 +98,8 @@ def teacher_fusion(
     ``aux_last_scale_only=True`` keeps only the last scale (the official code's behaviour). Seg: the sum
     of all 2 x len(scales) logit maps. ``forward(x)`` returns ``(cam, aux_cam, seg)`` (any may be None),
     an object with ``cam`` / ``aux_cam`` / ``seg`` fields (the network's ``CoSAOutput``) or just the seg
-    logits, at any resolution; outputs are resized back to the input size.
+    logits, at any resolution; outputs are resized back to the input size. ``flip=False`` skips the
+    mirrored half (B images per scale, half the teacher's cost; CPU presets buy co-training steps with it).
     """
     _check_4d("images", images)
     if len(scales) == 0:
@@ -107,17 +116,14 @@ def teacher_fusion(
             if min(size) < 1:
                 raise CosaInputError(f"scale {s} shrinks the {h}x{w} input to nothing; use larger scales.")
             x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
-            cam, aux_cam, seg = _split_outputs(forward(torch.cat([x, x.flip(-1)], dim=0)))
+            cam, aux_cam, seg = _split_outputs(forward(torch.cat([x, x.flip(-1)], dim=0) if flip else x))
             if cam is not None:
-                cam = _back(cam)
-                cams.append(F.relu(torch.maximum(cam[:b], cam[b:].flip(-1))))
+                cams.append(F.relu(_merge_flip(_back(cam), b, torch.maximum) if flip else _back(cam)))
             if aux_cam is not None:
-                aux_cam = _back(aux_cam)
-                fused = F.relu(torch.maximum(aux_cam[:b], aux_cam[b:].flip(-1)))
+                fused = F.relu(_merge_flip(_back(aux_cam), b, torch.maximum) if flip else _back(aux_cam))
                 aux_cams = [fused] if aux_last_scale_only else [*aux_cams, fused]
             if seg is not None:
-                seg = _back(seg)
-                segs.append(seg[:b] + seg[b:].flip(-1))
+                segs.append(_merge_flip(_back(seg), b, torch.add) if flip else _back(seg))
 
     def _sum(maps: list[torch.Tensor]) -> torch.Tensor | None:
         return torch.stack(maps, dim=0).sum(dim=0) if maps else None

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import numpy as np
 from torch.utils.data import Sampler
 
 from cosa_sdk.training.data.sampling import TrainKeySampler
@@ -30,13 +31,14 @@ class StepBatchSampler(Sampler[list[int]]):
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
+        weights: np.ndarray | None = None,
     ) -> None:
         if num_samples <= 0:
             raise ValueError("the training set is empty")
         self.num_samples, self.batch_size = num_samples, batch_size
         self.total_steps, self.start_step = total_steps, start_step
         self.seed, self.rank, self.world_size = seed, rank, world_size
-        self._stream = TrainKeySampler(num_samples, seed=seed)
+        self._stream = TrainKeySampler(num_samples, seed=seed, weights=weights)
 
     def keys_for_step(self, step: int) -> list[int]:
         """Positions of the global key stream: step-major, then rank, then slot within the batch."""

@@ -76,7 +76,11 @@ class CoSALosses(nn.Module):
     ) -> PseudoLabels:
         cfg = self.config
         fused = teacher_fusion(
-            assignment.forward_all_maps, weak, scales=cfg.pseudo_scales, aux_last_scale_only=cfg.aux_last_scale_only
+            assignment.forward_all_maps,
+            weak,
+            scales=cfg.pseudo_scales,
+            aux_last_scale_only=cfg.aux_last_scale_only,
+            flip=cfg.pseudo_flip,
         )
         valid_cam, valid_aux = valid_cams(fused.cam, labels), valid_cams(fused.aux_cam, labels)
         if self.dynamic is not None:

@@ -84,6 +84,24 @@ class ItemDataset(Dataset):
             raise CosaDataError(f"{item.image}: no image labels and no mask to derive them from.")
         return multi_hot(labels_from_mask(mask, self.num_classes), self.num_classes)
 
+    def label_sets(self) -> list[tuple[int, ...]]:
+        """Every item's 0-based foreground classes, in item order (masks are read for items without labels)."""
+        sets = []
+        for item in self.items:
+            if item.labels is not None:
+                sets.append(tuple(sorted(set(item.labels))))
+            elif item.mask is not None:
+                mask = read_mask(item.mask, num_classes=self.num_classes)
+                sets.append(
+                    tuple(
+                        int(c)
+                        for c in np.nonzero(multi_hot(labels_from_mask(mask, self.num_classes), self.num_classes))[0]
+                    )
+                )
+            else:
+                sets.append(())
+        return sets
+
     def _record_bad(self, item: Item, exc: BaseException) -> None:
         if item.name not in self.bad_images:
             self.bad_images.append(item.name)

@@ -4,7 +4,8 @@ Six shape classes (disk, star, ring, cross, crescent, triangle) pasted on crops 
 that ship with scikit-image and scikit-learn. It carries the classic weak-supervision confounders:
 - every object has a body texture shared by all classes and a class-specific two-colour pattern on
   one side only, so a CAM that fires on the discriminative part alone loses IoU;
-- 1-3 classes per image, 12-60 % of the side, objects occluding each other;
+- 1-3 classes per image, 28-70 % of the side (each spans several cells of a CAM grid), objects
+  occluding each other;
 - unlabelled distractor blobs with the shared body texture (background in the masks);
 - a co-occurring pair (crescent + star appear together in most images holding either);
 - a context class (triangle) framed by a dark band that is background in the masks.
@@ -37,7 +38,7 @@ from cosa_sdk.training.data.synthetic_render import (
 )
 
 logger = logging.getLogger(__name__)
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 SYNTHETIC_DEFAULTS = {"n_train": 800, "n_val": 200, "size": 224, "seed": 0}
 COMPLETE_MARKER = ".complete"
 _SPLIT_CODES = {"train": 0, "val": 1}

@@ -20,7 +20,13 @@ COOCCURRING_PAIR = ("crescent", "star")  # like a moon and a star: most images w
 CONTEXT_CLASS = "triangle"  # always framed by a dark band that is background in the ground truth
 PAIR_PROB = 0.8
 CONTEXT_PROB = 0.9
-LABEL_COUNT_PROBS = (0.45, 0.35, 0.2)  # 1, 2 or 3 classes per image
+LABEL_COUNT_PROBS = (0.5, 0.35, 0.15)  # 1, 2 or 3 classes per image
+# Object extent as a fraction of the image side: from OBJECT_MIN up to a top that shrinks with the
+# number of objects. Objects span several cells of a stride-14/16 CAM grid at the CPU preset's input.
+OBJECT_MIN = 0.28
+OBJECT_TOP = {1: 0.7, 2: 0.6, 3: 0.52}
+DISTRACTOR_COUNT_PROBS = (0.45, 0.4, 0.15)  # 0, 1 or 2 unlabelled blobs
+DISTRACTOR_SIZE = (0.08, 0.2)
 SUPERSAMPLE = 4
 MIN_VISIBLE = 0.45
 
@@ -259,16 +265,15 @@ def _place_layer(
 
 
 def _object_size(rng: np.random.Generator, count: int) -> float:
-    """Object extent as a fraction of the side: 12 % up to 60 % (less when several objects share the image)."""
-    top = {1: 0.6, 2: 0.55, 3: 0.5}[count]
-    return 0.12 + (top - 0.12) * math.sqrt(rng.random())
+    """Object extent as a fraction of the side, between OBJECT_MIN and OBJECT_TOP[count]."""
+    return OBJECT_MIN + (OBJECT_TOP[count] - OBJECT_MIN) * math.sqrt(rng.random())
 
 
 def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
     """One image: uint8 HxWx3 RGB, uint8 HxW mask (0 bg, i = class i, 255 boundary band), 0-based labels."""
     canvas = _jitter_background(rng, size)
     labels = sample_labels(rng)
-    n_distractors = int(rng.choice(3, p=(0.35, 0.4, 0.25)))
+    n_distractors = int(rng.choice(3, p=DISTRACTOR_COUNT_PROBS))
     on_top = [bool(rng.random() < 0.4) for _ in range(n_distractors)]
     objects = [labels[i] for i in rng.permutation(len(labels))]
     layers = [-1] * on_top.count(False) + objects + [-1] * on_top.count(True)
@@ -279,7 +284,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
     mask = np.zeros((size, size), dtype=np.uint8)
     for cls in layers:
         polygons = SHAPES[CLASS_NAMES[cls]] if cls >= 0 else _blob(rng)
-        frac = _object_size(rng, len(labels)) if cls >= 0 else rng.uniform(0.08, 0.25)
+        frac = _object_size(rng, len(labels)) if cls >= 0 else rng.uniform(*DISTRACTOR_SIZE)
         place, (y0, y1, x0, x1), alpha = _place_layer(rng, polygons, frac * size / 2, size, owner, visible, areas)
         hard = alpha >= 0.5
         region = canvas[y0:y1, x0:x1]
