@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 pytest.importorskip("torch")
@@ -38,6 +40,8 @@ def test_demo_writes_report_bundle_and_next_commands(demo_run, capsys) -> None:
     assert list((demo_run / "segmented").glob("*_overlay.jpg"))
     html = (demo_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "dataset.imagesLoaded" in html
+    scores = json.loads((demo_run / "eval.json").read_text())
+    assert f"{scores['images_right']:.1f} % (label-free mIoU of the image &gt;= 50" in html
 
 
 def test_second_demo_reuses_the_run_and_prints_what_to_try(demo_run, capsys) -> None:

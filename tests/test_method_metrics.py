@@ -11,7 +11,7 @@ from sklearn.metrics import confusion_matrix
 
 from cosa_sdk.errors import CosaInputError
 from cosa_sdk.training.evaluate import format_scores
-from cosa_sdk.training.metrics import ConfusionMatrix, miou_scores
+from cosa_sdk.training.metrics import ConfusionMatrix, image_miou, miou_scores
 
 
 def test_matrix_matches_sklearn_and_ignores_255() -> None:
@@ -69,3 +69,29 @@ def test_score_table_lists_classes_protocols_and_means() -> None:
     assert lines[1].split() == ["background", "90.00", "91.00", "80.00"]
     assert lines[2].split() == ["cat", "-", "-", "-"]
     assert lines[4].split() == ["mIoU", "70.00", "73.25", "60.00"]
+
+
+def test_image_miou_counts_hallucinated_classes_and_ignores_255() -> None:
+    gt = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [255, 255, 255, 255]])
+    right = np.array([[0, 0, 1, 1], [0, 0, 1, 1], [2, 2, 2, 2]])  # class 2 only on ignored pixels
+    assert image_miou(right, gt, 3) == 1.0
+    wrong = np.array([[0, 2, 1, 1], [0, 0, 1, 1], [0, 0, 0, 0]])  # one background pixel called class 2
+    # background 3/4, class 1 4/4, class 2 (absent from the GT) 0/1: a per-image score must see it
+    assert image_miou(wrong, gt, 3) == pytest.approx((0.75 + 1.0 + 0.0) / 3)
+    assert math.isnan(image_miou(right, np.full_like(gt, 255), 3))
+
+
+def test_score_table_adds_the_per_image_line_when_present() -> None:
+    scores = {
+        "per_class_iou": [90.0, 50.0],
+        "per_class_iou_gt_filtered": [91.0, 55.0],
+        "per_class_cam_iou": None,
+        "seg_miou": 70.0,
+        "seg_miou_gt_filtered": 73.0,
+        "cam_miou": None,
+        "image_miou_median": 64.5,
+        "images_right": 62.5,
+        "num_images": 8,
+    }
+    text = format_scores(scores)
+    assert "median mIoU 64.5; 62.5 % of the images reach 50" in text

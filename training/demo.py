@@ -210,6 +210,14 @@ def demo_command(args: argparse.Namespace) -> int:
         ["seg mIoU (GT-filtered)", scores["seg_miou_gt_filtered"]],
         ["CAM mIoU", scores["cam_miou"]],
     ]
+    if scores.get("images_right") is not None:
+        summary.append(
+            [
+                "held-out images segmented right",
+                f"{scores['images_right']:.1f} % (label-free mIoU of the image >= 50; median "
+                f"{scores['image_miou_median']:.1f})",
+            ]
+        )
     report = write_report(
         out / "report.html",
         title="cosa-sdk demo: CoSA on the synthetic benchmark",

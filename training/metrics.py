@@ -83,3 +83,17 @@ def miou_scores(matrix: np.ndarray) -> dict[str, object]:
     present = gt_count > 0
     miou = float(np.nanmean(iou[present])) if present.any() else float("nan")
     return {"per_class_iou": [float(v) for v in iou], "miou": miou, "pixel_acc": float(pixel_acc)}
+
+
+def image_miou(pred: object, gt: object, num_classes: int) -> float:
+    """mIoU of one image over the classes in its ground truth or its prediction (0-1 scale).
+
+    Unlike `miou_scores`, a class predicted but absent from the image counts (with IoU 0), so one
+    image's score says whether its mask looks right. Pixels whose ground truth is outside
+    [0, num_classes) (e.g. 255) are ignored; NaN when no pixel is left.
+    """
+    hist = ConfusionMatrix(num_classes).update(pred, gt).matrix.astype(np.float64)
+    tp = np.diag(hist)
+    union = hist.sum(axis=0) + hist.sum(axis=1) - tp
+    seen = union > 0
+    return float(np.mean(tp[seen] / union[seen])) if seen.any() else float("nan")
