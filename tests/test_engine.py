@@ -83,7 +83,8 @@ def test_train_and_eval_through_the_cli(tmp_path, capsys) -> None:
     out_json = tmp_path / "scores.json"
     assert cosa_main(["eval", str(run / "best.pt"), "--json", str(out_json)]) == 0
     scores = json.loads(out_json.read_text())
-    assert {"cam_miou", "seg_miou", "seg_miou_gt_filtered", "per_class_iou", "num_images", "images_right"} <= set(scores)
+    expected = {"cam_miou", "seg_miou", "seg_miou_gt_filtered", "per_class_iou", "num_images", "images_right"}
+    assert expected <= set(scores)
     assert 0 <= scores["images_right"] <= 100
     assert scores["num_images"] == 4
     assert 0.0 <= scores["seg_miou"] <= 100.0
