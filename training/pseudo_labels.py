@@ -76,13 +76,6 @@ def _split_outputs(out: object) -> tuple[torch.Tensor | None, torch.Tensor | Non
     )
 
 
-def _merge_flip(
-    maps: torch.Tensor, b: int, merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """Combine the first B maps with the mirrored-back second B maps."""
-    return merge(maps[:b], maps[b:].flip(-1))
-
-
 def teacher_fusion(
     forward: Callable[[torch.Tensor], object],
     images: torch.Tensor,
@@ -107,8 +100,10 @@ def teacher_fusion(
     b, _, h, w = images.shape
     cams, aux_cams, segs = [], [], []
 
-    def _back(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+    def _merge_views(x: torch.Tensor, merge: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """Resize to the input; with flip, merge the first B maps with the mirrored-back second B."""
+        x = F.interpolate(x, size=(h, w), mode="bilinear", align_corners=False)
+        return merge(x[:b], x[b:].flip(-1)) if flip else x
 
     with torch.no_grad():
         for s in scales:
@@ -118,12 +113,12 @@ def teacher_fusion(
             x = images if size == (h, w) else F.interpolate(images, size=size, mode="bilinear", align_corners=False)
             cam, aux_cam, seg = _split_outputs(forward(torch.cat([x, x.flip(-1)], dim=0) if flip else x))
             if cam is not None:
-                cams.append(F.relu(_merge_flip(_back(cam), b, torch.maximum) if flip else _back(cam)))
+                cams.append(F.relu(_merge_views(cam, torch.maximum)))
             if aux_cam is not None:
-                fused = F.relu(_merge_flip(_back(aux_cam), b, torch.maximum) if flip else _back(aux_cam))
+                fused = F.relu(_merge_views(aux_cam, torch.maximum))
                 aux_cams = [fused] if aux_last_scale_only else [*aux_cams, fused]
             if seg is not None:
-                segs.append(_merge_flip(_back(seg), b, torch.add) if flip else _back(seg))
+                segs.append(_merge_views(seg, torch.add))
 
     def _sum(maps: list[torch.Tensor]) -> torch.Tensor | None:
         return torch.stack(maps, dim=0).sum(dim=0) if maps else None

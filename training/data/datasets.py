@@ -91,13 +91,7 @@ class ItemDataset(Dataset):
             if item.labels is not None:
                 sets.append(tuple(sorted(set(item.labels))))
             elif item.mask is not None:
-                mask = read_mask(item.mask, num_classes=self.num_classes)
-                sets.append(
-                    tuple(
-                        int(c)
-                        for c in np.nonzero(multi_hot(labels_from_mask(mask, self.num_classes), self.num_classes))[0]
-                    )
-                )
+                sets.append(labels_from_mask(read_mask(item.mask, num_classes=self.num_classes), self.num_classes))
             else:
                 sets.append(())
         return sets
