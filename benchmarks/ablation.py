@@ -9,7 +9,7 @@ Trains the `tiny` preset once per row and seed and prints one table (also JSON a
   +contrastive    + contrastive separation
   ppl+csc         + perplexity and contrastive (all but the technique whose warm-up cost breaks the CPU budget)
   all-three       + all three techniques
-  uniform         ppl+csc with every training image drawn equally often (the preset balances label sets)
+  uniform         released with every training image drawn equally often (the preset balances label sets)
   full            the same network and schedule trained on ground-truth masks (upper bound)
 
 Columns: label-free seg mIoU, CAM mIoU, mIoU over the co-occurring class pair, training minutes.
@@ -47,7 +47,7 @@ ROWS: dict[str, dict] = {
     "+contrastive": {"contrastive": True},
     "ppl+csc": {"perplexity": True, "contrastive": True},
     "all-three": {"dynamic_threshold": True, "perplexity": True, "contrastive": True},
-    "uniform": {"perplexity": True, "contrastive": True, "label_set_balance": 0.0},
+    "uniform": {"label_set_balance": 0.0},
     "full": {},
 }
 TECHNIQUES = ("dynamic_threshold", "perplexity", "contrastive")
@@ -177,43 +177,57 @@ def summarise(records: list[dict]) -> list[dict]:
             values = [r[key] for r in timed if r[key] is not None]
             entry[key] = statistics.mean(values) if values else None
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+            entry[f"{key}_n"] = len(values)
         rows.append(entry)
     return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    def cell(entry: dict, key: str) -> str:
-        value = entry[key]
-        return "-" if value is None else f"{value:.1f} ± {entry[key + '_std']:.1f}"
+def paired_differences(records: list[dict], reference: str = "released", key: str = "seg_miou") -> list[dict]:
+    """Each row minus the reference row on the same seed: seeds move both together, so pairs show more."""
+    by_seed = {r["seed"]: r[key] for r in records if r["row"] == reference and r[key] is not None}
+    out = []
+    for row in ROWS:
+        diffs = [r[key] - by_seed[r["seed"]] for r in records if r["row"] == row and r["seed"] in by_seed]
+        if row == reference or not diffs or any(r["row"] == row and r[key] is None for r in records):
+            continue
+        spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
+        out.append({"row": row, "seeds": len(diffs), "mean": statistics.mean(diffs), "std": spread, "diffs": diffs})
+    return out
 
+
+def _cell(entry: dict, key: str, none: str) -> str:
+    value = entry[key]
+    if value is None:
+        return none
+    spread = f" ± {entry[key + '_std']:.1f}" if entry.get(f"{key}_n", len(entry["seeds"])) > 1 else ""
+    return f"{value:.1f}{spread}"
+
+
+def format_table(rows: list[dict]) -> str:
     lines = [f"{'row':<14} {'seeds':>5} {'seg mIoU':>13} {'CAM mIoU':>13} {'pair mIoU':>13} {'minutes':>11}"]
     for e in rows:
-        lines.append(
-            f"{e['row']:<14} {len(e['seeds']):>5} {cell(e, 'seg_miou'):>13} {cell(e, 'cam_miou'):>13} "
-            f"{cell(e, 'pair_miou'):>13} {cell(e, 'minutes'):>11}"
-        )
+        cells = [_cell(e, key, "-") for key in ("seg_miou", "cam_miou", "pair_miou", "minutes")]
+        lines.append(f"{e['row']:<14} {len(e['seeds']):>5} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {cells[3]:>11}")
     return "\n".join(lines)
 
 
 def format_markdown(rows: list[dict]) -> str:
-    """The same table as README markdown."""
-
-    def cell(entry: dict, key: str, digits: int = 1) -> str:
-        value = entry[key]
-        if value is None:
-            return "–"
-        spread = f" ± {entry[key + '_std']:.{digits}f}" if len(entry["seeds"]) > 1 else ""
-        return f"{value:.{digits}f}{spread}"
-
+    """The same table as README markdown (minutes count idle runs only)."""
     lines = [
         "| row | seeds | seg mIoU (label-free) | CAM mIoU | pair mIoU | train minutes |",
         "|---|---|---|---|---|---|",
     ]
     for e in rows:
-        lines.append(
-            f"| {e['row']} | {len(e['seeds'])} | {cell(e, 'seg_miou')} | {cell(e, 'cam_miou')} | "
-            f"{cell(e, 'pair_miou')} | {cell(e, 'minutes')} |"
-        )
+        cells = " | ".join(_cell(e, key, "–") for key in ("seg_miou", "cam_miou", "pair_miou", "minutes"))
+        lines.append(f"| {e['row']} | {len(e['seeds'])} | {cells} |")
+    return "\n".join(lines)
+
+
+def format_paired(diffs: list[dict], reference: str = "released") -> str:
+    lines = [f"seg mIoU minus {reference} on the same seed:"]
+    for d in diffs:
+        each = ", ".join(f"{v:+.1f}" for v in d["diffs"])
+        lines.append(f"  {d['row']:<14} {d['mean']:+.1f} ± {d['std']:.1f} over {d['seeds']} seed(s) ({each})")
     return "\n".join(lines)
 
 
@@ -296,6 +310,7 @@ def main(argv: list[str] | None = None) -> int:
                 write_results(args.out, base, data_spec, pair, records)
     print(format_table(summarise(records)))
     print(format_markdown(summarise(records)))
+    print(format_paired(paired_differences(records)))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
@@ -311,6 +326,7 @@ def write_results(out: Path, base: TrainConfig, data_spec: str, pair: list[str],
         "cooccurring_pair": pair,
         "runs": records,
         "rows": rows,
+        "paired_vs_released": paired_differences(records),
     }
     out.write_text(json.dumps(payload, indent=2))
     bar_chart(rows, out.with_suffix(".png"))

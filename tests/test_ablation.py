@@ -69,3 +69,21 @@ def test_a_run_that_shared_the_machine_keeps_its_scores_but_not_its_time() -> No
     busy = {**record, "seed": 1, "seg_miou": 32.0, "minutes": 17.0, "shared_machine": True}
     (row,) = ablation.summarise([record, busy])
     assert row["seg_miou"] == 31.0 and row["minutes"] == 9.0
+
+
+def test_paired_differences_subtract_the_released_run_of_the_same_seed() -> None:
+    def run(row: str, seed: int, seg: float) -> dict:
+        return {"row": row, "seed": seed, "seg_miou": seg, "cam_miou": None, "pair_miou": None, "minutes": 1.0}
+
+    records = [run("released", 0, 50.0), run("released", 1, 40.0), run("ppl+csc", 0, 52.0), run("ppl+csc", 1, 41.0)]
+    records.append(run("+dynamic", 2, 60.0))
+    (diff,) = ablation.paired_differences(records)
+    assert diff["row"] == "ppl+csc" and diff["diffs"] == [2.0, 1.0] and diff["mean"] == 1.5
+    assert "+1.5 ± 0.7 over 2 seed(s)" in ablation.format_paired([diff])
+
+
+def test_minutes_measured_once_show_no_spread() -> None:
+    record = {"row": "released", "seed": 0, "seg_miou": 30.0, "cam_miou": 25.0, "pair_miou": 9.0, "minutes": 9.0}
+    busy = {**record, "seed": 1, "seg_miou": 32.0, "minutes": 17.0, "shared_machine": True}
+    markdown = ablation.format_markdown(ablation.summarise([record, busy]))
+    assert "| 31.0 ± 1.4 |" in markdown and markdown.endswith("| 9.0 |")

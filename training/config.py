@@ -162,10 +162,11 @@ PRESETS: dict[str, TrainConfig] = {
         t_low=0.45,
         aux_t_high=0.7,
         aux_t_low=0.45,
-        # benchmarks/ablation.py: perplexity + contrastive beat the released path; dynamic thresholds stay
-        # off: their teacher forward in the warm-up breaks the 10-minute CPU budget
-        perplexity=True,
-        contrastive=True,
+        # benchmarks/ablation.py, benchmark v2, 3 seeds: perplexity + contrastive cost 1.0 +- 0.4 seg mIoU
+        # against the released path at this scale, so the CPU demo trains the released path; dynamic
+        # thresholds stay off too (their teacher forward in the warm-up breaks the 10-minute budget)
+        perplexity=False,
+        contrastive=False,
         crf_loss=False,
         eval_every=165,
         checkpoint_every=60,
