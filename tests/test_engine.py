@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import subprocess
 import sys
@@ -141,6 +142,26 @@ def test_all_ignore_pseudo_labels_give_a_finite_loss(tmp_path) -> None:
     lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     c2s = [entry["c2s"] for entry in lines if "c2s" in entry]
     assert c2s and all(value == 0.0 for value in c2s)
+
+
+def _logged(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_the_paper_techniques_train_through_the_engine(tmp_path) -> None:
+    quiet = {"iters": 5, "eval_every": 100, "sample_every": 100}
+    plain = tiny_config(**quiet)
+    techniques = tiny_config(**quiet, dynamic_threshold=True, perplexity=True, contrastive=True)
+    Trainer(plain, run_dir=tmp_path / "plain", data_spec=DATA).fit()
+    Trainer(techniques, run_dir=tmp_path / "all", data_spec=DATA).fit()
+    before = [e for e in _logged(tmp_path / "plain") if "c2s" in e]
+    after = [e for e in _logged(tmp_path / "all") if "c2s" in e]
+    assert after and all(math.isfinite(e["csc"]) and e["csc"] >= 0 for e in after), after
+    assert any(e["csc"] > 0 for e in after)  # zero on steps whose batch has no image with two classes
+    assert not any("csc" in e for e in before)
+    # perplexity weights and searched thresholds change the CAM-to-seg loss of the same first co-training step
+    assert after[0]["c2s"] != pytest.approx(before[0]["c2s"])
+    assert (after[-1]["t_high"], after[-1]["t_low"]) != (plain.t_high, plain.t_low)
 
 
 def test_full_supervision_trains_the_seg_stream_on_masks(tmp_path) -> None:
