@@ -184,11 +184,12 @@ def summarise(records: list[dict]) -> list[dict]:
 
 def paired_differences(records: list[dict], reference: str = "released", key: str = "seg_miou") -> list[dict]:
     """Each row minus the reference row on the same seed: seeds move both together, so pairs show more."""
-    by_seed = {r["seed"]: r[key] for r in records if r["row"] == reference and r[key] is not None}
+    scored = [r for r in records if r[key] is not None]
+    by_seed = {r["seed"]: r[key] for r in scored if r["row"] == reference}
     out = []
     for row in ROWS:
-        diffs = [r[key] - by_seed[r["seed"]] for r in records if r["row"] == row and r["seed"] in by_seed]
-        if row == reference or not diffs or any(r["row"] == row and r[key] is None for r in records):
+        diffs = [r[key] - by_seed[r["seed"]] for r in scored if r["row"] == row and r["seed"] in by_seed]
+        if row == reference or not diffs:
             continue
         spread = statistics.stdev(diffs) if len(diffs) > 1 else 0.0
         out.append({"row": row, "seeds": len(diffs), "mean": statistics.mean(diffs), "std": spread, "diffs": diffs})
@@ -199,7 +200,7 @@ def _cell(entry: dict, key: str, none: str) -> str:
     value = entry[key]
     if value is None:
         return none
-    spread = f" ± {entry[key + '_std']:.1f}" if entry.get(f"{key}_n", len(entry["seeds"])) > 1 else ""
+    spread = f" ± {entry[key + '_std']:.1f}" if entry[f"{key}_n"] > 1 else ""
     return f"{value:.1f}{spread}"
 
 

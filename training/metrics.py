@@ -92,8 +92,6 @@ def image_miou(pred: object, gt: object, num_classes: int) -> float:
     image's score says whether its mask looks right. Pixels whose ground truth is outside
     [0, num_classes) (e.g. 255) are ignored; NaN when no pixel is left.
     """
-    hist = ConfusionMatrix(num_classes).update(pred, gt).matrix.astype(np.float64)
-    tp = np.diag(hist)
-    union = hist.sum(axis=0) + hist.sum(axis=1) - tp
-    seen = union > 0
-    return float(np.mean(tp[seen] / union[seen])) if seen.any() else float("nan")
+    iou = np.array(ConfusionMatrix(num_classes).update(pred, gt).scores()["per_class_iou"])
+    seen = ~np.isnan(iou)  # NaN exactly where a class is in neither the ground truth nor the prediction
+    return float(iou[seen].mean()) if seen.any() else float("nan")
