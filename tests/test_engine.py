@@ -61,6 +61,10 @@ def tiny_config(**changes):
     return dataclasses.replace(preset("tiny"), **{**TINY, "iters": 6, **changes})
 
 
+def _logged(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
 @pytest.fixture(autouse=True)
 def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("COSA_CACHE_DIR", str(tmp_path_factory.getbasetemp() / "cosa-cache"))
@@ -73,7 +77,7 @@ def test_train_and_eval_through_the_cli(tmp_path, capsys) -> None:
     for name in ("config.json", "metrics.jsonl", "last.pt", "best.pt"):
         assert (run / name).exists(), name
     assert list((run / "samples").glob("step_*.png"))
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = _logged(run)
     train_lines = [entry for entry in lines if "loss" in entry]
     assert [entry["step"] for entry in train_lines] == [1, 2, 3, 4, 5, 6]
     # iteration t (0-based) is logged as step t+1; t <= loss_warmup_iters (2) is classification only
@@ -139,13 +143,9 @@ def test_all_ignore_pseudo_labels_give_a_finite_loss(tmp_path) -> None:
     )
     trainer = Trainer(config, run_dir=tmp_path / "run", data_spec=DATA)
     trainer.fit()
-    lines = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    lines = _logged(tmp_path / "run")
     c2s = [entry["c2s"] for entry in lines if "c2s" in entry]
     assert c2s and all(value == 0.0 for value in c2s)
-
-
-def _logged(run) -> list[dict]:
-    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_the_paper_techniques_train_through_the_engine(tmp_path) -> None:
