@@ -36,7 +36,12 @@ EXTRA_FOR_PACKAGE = {
 
 def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train CoSA from image-level labels")
-    p.add_argument("--data", default="synthetic", help="voc:PATH | coco:PATH | custom:PATH | synthetic")
+    p.add_argument(
+        "--data",
+        default="synthetic",
+        help="voc:PATH | coco:PATH | custom:PATH | synthetic; PATH?split=NAME pins the training split "
+        "(VOC default: train_aug when present, else train)",
+    )
     p.add_argument("--preset", default="tiny", help="voc | coco | official | tiny")
     p.add_argument("--out", required=True, help="run directory (config.json, last.pt, best.pt, ...)")
     p.add_argument("--iters", type=int, default=None, help="total iterations (default: the preset's)")

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import json
+import logging
 import sys
 import types
 from pathlib import Path
@@ -13,8 +15,8 @@ import pytest
 import torch
 from PIL import Image, ImageDraw
 
-from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data import build_dataset, read_index
+from cosa_sdk.errors import CosaConfigError, CosaDataError
+from cosa_sdk.training.data import build_dataset, data_summary, parse_data_spec, read_index, resolve_split
 from cosa_sdk.training.data.classes import COCO_CLASSES, VOC_CLASSES
 from cosa_sdk.training.data.common import voc_palette
 
@@ -57,7 +59,7 @@ def make_voc(root: Path, with_aug: bool = True) -> Path:
 
 def test_voc_splits_classes_and_labels_from_masks(tmp_path: Path) -> None:
     voc = make_voc(tmp_path)
-    train = build_dataset(f"voc:{tmp_path}", "train", crop_size=16)
+    train = build_dataset(f"voc:{tmp_path}?split=train", "train", crop_size=16)
     assert train.classes == list(VOC_CLASSES) and train.num_classes == 20 and len(train.palette) == 21
     sample = train[1]
     assert sample["name"] == "2007_000002"
@@ -76,8 +78,139 @@ def test_voc_official_label_file_takes_precedence(tmp_path: Path) -> None:
     voc = make_voc(tmp_path)
     table = {"2007_000001": np.eye(20, dtype=np.float32)[3], "2007_000002": np.eye(20, dtype=np.float32)[4]}
     np.save(voc / "cls_labels_onehot.npy", table, allow_pickle=True)
-    index = read_index(f"voc:{voc}", "train")
+    index = read_index(f"voc:{voc}?split=train", "train")
     assert [it.labels for it in index.items] == [(3,), (4,)]
+
+
+VOC_WARNING = "cosa_sdk.training.data.voc"
+
+
+def test_voc_training_role_prefers_train_aug(tmp_path: Path, caplog) -> None:
+    voc = make_voc(tmp_path)
+    with caplog.at_level(logging.WARNING, logger=VOC_WARNING):
+        assert resolve_split(f"voc:{tmp_path}", "train") == "train_aug"
+        train = build_dataset(f"voc:{tmp_path}", "train", crop_size=16)
+    assert not caplog.records
+    assert train.split == "train_aug" and train.index.split == "train_aug"
+    assert [it.name for it in train.items] == ["2007_000001", "2011_000005"]
+    assert train.index.source.endswith("(train_aug)")
+    # the evaluation role keeps reading val
+    assert resolve_split(f"voc:{voc}", "val") == "val"
+    val = build_dataset(f"voc:{voc}", "val", eval_size=16)
+    assert val.split == "val" and len(val) == 2
+    # the list may also sit next to the masks (VOC2012/train_aug.txt)
+    (voc / "ImageSets/Segmentation/train_aug.txt").rename(voc / "train_aug.txt")
+    assert read_index(f"voc:{voc}", "train").split == "train_aug"
+
+
+@pytest.mark.parametrize("drop", ["list", "masks"])
+def test_voc_training_role_falls_back_to_train_with_a_warning(tmp_path: Path, caplog, drop: str) -> None:
+    voc = make_voc(tmp_path)
+    if drop == "list":
+        (voc / "ImageSets/Segmentation/train_aug.txt").unlink()
+    else:
+        for png in (voc / "SegmentationClassAug").iterdir():
+            png.unlink()
+        (voc / "SegmentationClassAug").rmdir()
+    with caplog.at_level(logging.WARNING, logger=VOC_WARNING):
+        train = build_dataset(f"voc:{voc}", "train", crop_size=16)
+    assert train.split == "train" and [it.name for it in train.items] == ["2007_000001", "2007_000002"]
+    (record,) = [r for r in caplog.records if r.name == VOC_WARNING]
+    message = record.getMessage()
+    missing = "ImageSets/Segmentation/train_aug.txt" if drop == "list" else "SegmentationClassAug/"
+    assert f"missing {missing}" in message and "SBD augmentation" in message
+    assert f"voc:{voc}?split=train" in message
+    assert data_summary(f"voc:{voc}", train) == f"data: voc:{voc} (split train, 2 images)"
+
+
+def test_voc_pinned_split_wins_for_training_only(tmp_path: Path, caplog) -> None:
+    voc = make_voc(tmp_path)
+    spec = f"voc:{voc}?split=train"
+    with caplog.at_level(logging.WARNING, logger=VOC_WARNING):
+        assert resolve_split(spec, "train") == "train"
+        train = build_dataset(spec, "train", crop_size=16)
+    assert not caplog.records  # an explicit choice is not warned about
+    assert train.split == "train" and len(train) == 2
+    assert resolve_split(spec, "val") == "val"  # evaluation ignores the pin
+    assert build_dataset(spec, "val", eval_size=16).split == "val"
+    assert resolve_split(f"voc:{voc}?split=val", "train") == "val"
+    # explicit split names pass through; a pin does not redirect them
+    assert resolve_split(spec, "train_aug") == "train_aug"
+    # a pinned train_aug that is missing fails with the SBD hint rather than falling back
+    make_voc(tmp_path / "bare", with_aug=False)
+    with pytest.raises(CosaDataError, match="train_aug needs the SBD augmentation"):
+        read_index(f"voc:{tmp_path / 'bare'}?split=train_aug", "train")
+
+
+def test_split_query_parses_validates_and_round_trips(tmp_path: Path) -> None:
+    spec = parse_data_spec("voc:/data/VOCdevkit?split=train")
+    assert (spec.kind, spec.path, spec.split) == ("voc", Path("/data/VOCdevkit"), "train")
+    assert parse_data_spec("voc:/data/VOCdevkit").split is None
+    assert parse_data_spec("coco:/data/coco?split=val").split == "val"
+    for text in (
+        "voc:/data/VOCdevkit",
+        "voc:/data/VOCdevkit?split=train",
+        "voc:/data/VOCdevkit?split=train_aug",
+        "coco:/data/coco?split=train",
+        "custom:/data/pets?split=val",
+        "custom:/data/what?/pets?",  # a '?' in the path: an empty query after it
+        "custom:/data/what?/pets?split=train",
+        "synthetic:n_train=8",
+    ):
+        assert str(parse_data_spec(text)) == text
+        assert parse_data_spec(str(parse_data_spec(text))) == parse_data_spec(text)
+    assert parse_data_spec("custom:/data/what?/pets?").path == Path("/data/what?/pets")
+    with pytest.raises(CosaConfigError, match=r"bad query 'splt=train'.*the only key is split.*end the spec with '\?'"):
+        parse_data_spec("voc:/data/VOC?splt=train")
+    with pytest.raises(CosaConfigError, match=r"bad query 'b/pets'"):
+        parse_data_spec("custom:/data/a?b/pets")
+    with pytest.raises(CosaConfigError, match=r"splits train, train_aug, val, not 'trainaug'; write voc:PATH\?split="):
+        parse_data_spec("voc:/data/VOC?split=trainaug")
+    with pytest.raises(CosaConfigError, match=r"coco datasets have the splits train, val, not 'train_aug'"):
+        parse_data_spec("coco:/data/coco?split=train_aug")
+    with pytest.raises(CosaConfigError, match="gives split twice"):
+        parse_data_spec("voc:/data/VOC?split=train&split=val")
+    with pytest.raises(CosaConfigError, match="has no path"):
+        parse_data_spec("voc:?split=train")
+    with pytest.raises(CosaConfigError, match="synthetic takes no"):
+        parse_data_spec("synthetic:n_train=8?split=train")
+    with pytest.raises(CosaConfigError, match="not 'test'"):
+        resolve_split(f"voc:{tmp_path}", "test")
+
+
+def test_coco_and_custom_training_role_reads_train(tmp_path: Path) -> None:
+    root = make_coco(tmp_path / "coco")
+    assert resolve_split(f"coco:{root}", "train") == "train"
+    train = build_dataset(f"coco:{root}", "train", crop_size=16)
+    assert data_summary(f"coco:{root}", train) == f"data: coco:{root} (split train, 2 images)"
+    pinned = build_dataset(f"coco:{root}?split=val", "train", crop_size=16)
+    assert pinned.split == "val" and len(pinned) == 1
+
+
+def test_train_command_prints_the_data_line(tmp_path: Path, monkeypatch, capsys) -> None:
+    import cosa_sdk.training.engine as engine
+    from cosa_sdk.training import cli
+
+    make_voc(tmp_path)
+    spec = f"voc:{tmp_path}"
+
+    class FakeTrainer:
+        def __init__(self, config, *, data_spec, **kwargs) -> None:
+            self.ctx = types.SimpleNamespace(is_main=True)
+            self.train_set = build_dataset(data_spec, "train", crop_size=16)
+
+        def fit(self) -> dict:
+            print("fit")
+            return {"iterations": 1, "seconds": 1.0, "it_per_s": 1.0, "best_seg_miou": None}
+
+    monkeypatch.setattr(engine, "Trainer", FakeTrainer)
+    args = argparse.Namespace(
+        preset="tiny", overrides=[], iters=None, backbone_weights=None, device=None, seed=None,
+        out=str(tmp_path / "run"), data=spec, supervision="weak", resume=False, force=False,
+    )  # fmt: skip
+    assert cli.train_command(args) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"data: {spec} (split train_aug, 2 images)\nfit\n")
 
 
 def test_voc_errors_name_the_fix(tmp_path: Path) -> None:

@@ -41,6 +41,10 @@ def train_command(args: argparse.Namespace) -> int:
         resume=args.resume,
         force=args.force,
     )
+    if trainer.ctx.is_main:
+        from cosa_sdk.training.data import data_summary
+
+        print(data_summary(args.data, trainer.train_set), flush=True)
     summary = trainer.fit()
     if trainer.ctx.is_main:
         best = summary["best_seg_miou"]

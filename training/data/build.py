@@ -1,4 +1,11 @@
-"""`build_dataset`: from a spec string and a split to a ready torch Dataset."""
+"""`build_dataset`: from a spec string and a split to a ready torch Dataset.
+
+The `split` argument of `read_index` / `build_dataset` is a *role* when it is "train" or "val":
+"train" (the training role) reads the split pinned by `?split=NAME` in the spec, else the kind's
+default (VOC: `train_aug` when the SBD augmentation is present, else `train` with a warning);
+"val" (the evaluation role) always reads `val`, a pinned split applies to training only. Any
+other split name of the kind (e.g. "train_aug") is read as is. `resolve_split` gives the answer.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +15,42 @@ from pathlib import Path
 from cosa_sdk.errors import CosaConfigError
 from cosa_sdk.training.data.common import IMAGENET_MEAN, IMAGENET_STD, ItemIndex
 from cosa_sdk.training.data.datasets import EvalDataset, TrainDataset
-from cosa_sdk.training.data.spec import DataSpec, parse_data_spec
+from cosa_sdk.training.data.spec import SPLITS, DataSpec, parse_data_spec
 
-SPLITS = {"voc": ("train", "train_aug", "val"), "coco": ("train", "val"), "custom": ("train", "val")}
-SPLITS["synthetic"] = SPLITS["custom"]
+
+def resolve_split(spec: str | DataSpec, role: str) -> str:
+    """The split that `role` ("train": training, "val": evaluation, or a split name) reads from `spec`.
+
+    For VOC without a pinned split this looks at the folder, and logs a warning when the training
+    role falls back from `train_aug` to `train`.
+    """
+    spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    if role not in SPLITS[spec.kind]:
+        raise CosaConfigError(f"{spec.kind} datasets have the splits {', '.join(SPLITS[spec.kind])}, not {role!r}.")
+    if role != "train":
+        return role
+    if spec.split is not None:
+        return spec.split
+    if spec.kind == "voc":
+        from cosa_sdk.training.data.voc import default_train_split
+
+        return default_train_split(spec.path)
+    return "train"
+
+
+def data_summary(spec: str | DataSpec, dataset: TrainDataset | EvalDataset) -> str:
+    """The line `cosa train` prints before training: `data: voc:/path (split train_aug, 10582 images)`."""
+    spec = parse_data_spec(spec) if isinstance(spec, str) else spec
+    return f"data: {spec} (split {dataset.split}, {len(dataset)} images)"
 
 
 def read_index(spec: str | DataSpec, split: str, *, cache_root: Path | None = None) -> ItemIndex:
-    """Resolve the items of one split (no decoding); generates the synthetic benchmark on first use."""
+    """Resolve the items of one split or role (see `resolve_split`; no decoding).
+
+    Generates the synthetic benchmark on first use. `ItemIndex.split` names the split read.
+    """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
-    if split not in SPLITS[spec.kind]:
-        raise CosaConfigError(f"{spec.kind} datasets have the splits {', '.join(SPLITS[spec.kind])}, not {split!r}.")
+    split = resolve_split(spec, split)
     if spec.kind == "voc":
         from cosa_sdk.training.data.voc import read_voc
 
@@ -53,8 +85,9 @@ def build_dataset(
     blur_prob: float = 0.5,
     cache_root: Path | None = None,
 ) -> TrainDataset | EvalDataset:
-    """Build the dataset of one split.
+    """Build the dataset of one split or role ("train" resolves as in `resolve_split`).
 
+    The dataset's `split` attribute names the split read and `len()` its images.
     `mode` picks the sample type: "train" (weak/strong views, needs crop_size) or "eval" (image at
     eval_size + mask at the original size); by default "eval" for split "val", else "train".
     `mean`/`std` are on the 0-1 scale. `cache_root` overrides where `synthetic` is generated.

@@ -117,4 +117,4 @@ def read_coco(path: Path, split: str) -> ItemIndex:
         if name not in masks:
             raise CosaDataError(f"{where[name]}: mask {mask_dir / (name + '.png')} is missing.")
         items.append(Item(name=name, image=image_dir / images[name], mask=mask_dir / f"{name}.png"))
-    return ItemIndex(classes=list(COCO_CLASSES), items=items, source=f"coco:{root} ({split})")
+    return ItemIndex(classes=list(COCO_CLASSES), items=items, source=f"coco:{root} ({split})", split=split)

@@ -35,12 +35,16 @@ class Item:
 
 @dataclass
 class ItemIndex:
-    """The resolved content of one split of a dataset: class names and the items, in a fixed order."""
+    """The resolved content of one split of a dataset: class names and the items, in a fixed order.
+
+    `split` is the split actually read (e.g. "train_aug" when the training role resolved to it).
+    """
 
     classes: list[str]
     items: list[Item]
     source: str
     notes: dict[str, int] = field(default_factory=dict)
+    split: str | None = None
 
 
 def voc_palette(num_entries: int) -> list[list[int]]:

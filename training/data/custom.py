@@ -170,6 +170,7 @@ def read_custom(root: Path, split: str) -> ItemIndex:
         items=[item(stem) for stem in stems],
         source=f"custom:{root} ({split})",
         notes={"unlabelled": unlabelled, "masks": len(masks)},
+        split=split,
     )
 
 

@@ -62,6 +62,7 @@ class ItemDataset(Dataset):
         if not index.items:
             raise CosaDataError(f"{index.source}: the split has no images; check its name list and folders.")
         self.index = index
+        self.split: str | None = index.split  # the split actually read, e.g. "train_aug"
         self.items: list[Item] = index.items
         self.classes: list[str] = list(index.classes)
         self.num_classes: int = len(self.classes)

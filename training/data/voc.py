@@ -3,11 +3,14 @@
 Layout: `VOC2012/{JPEGImages, SegmentationClass, SegmentationClassAug, ImageSets/Segmentation/*.txt}`.
 PATH may be the VOC2012 folder, the VOCdevkit folder or its parent. Image labels come from
 `cls_labels_onehot.npy` (the official name -> float[20] dict) when present, else from the masks,
-read lazily with each sample.
+read lazily with each sample. The training role reads `train_aug` (10,582 images, the CoSA recipe)
+when its list and SegmentationClassAug exist, else `train` (1,464 images) with a warning:
+`default_train_split`.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 
@@ -17,7 +20,12 @@ from cosa_sdk.errors import CosaDataError
 from cosa_sdk.training.data.classes import VOC_CLASSES
 from cosa_sdk.training.data.common import Item, ItemIndex, read_name_list
 
+logger = logging.getLogger(__name__)
 VOC_SPLITS = ("train", "train_aug", "val")
+SBD_HINT = (
+    "add the SBD augmentation (SegmentationClassAug/ with the 10,582 augmented masks and "
+    "ImageSets/Segmentation/train_aug.txt) to train like the CoSA recipe"
+)
 
 
 def resolve_voc_root(path: Path) -> Path:
@@ -31,8 +39,12 @@ def resolve_voc_root(path: Path) -> Path:
     )
 
 
+def _split_candidates(root: Path, split: str) -> list[Path]:
+    return [root / "ImageSets" / "Segmentation" / f"{split}.txt", root / f"{split}.txt"]
+
+
 def _split_list(root: Path, split: str) -> Path:
-    candidates = [root / "ImageSets" / "Segmentation" / f"{split}.txt", root / f"{split}.txt"]
+    candidates = _split_candidates(root, split)
     for candidate in candidates:
         if candidate.is_file():
             return candidate
@@ -40,6 +52,37 @@ def _split_list(root: Path, split: str) -> Path:
         " (train_aug needs the SBD augmentation: SegmentationClassAug + train_aug.txt)" if split == "train_aug" else ""
     )
     raise CosaDataError(f"VOC split list not found: {candidates[0]}{hint}.")
+
+
+def train_aug_missing(root: Path) -> list[str]:
+    """What a VOC2012 folder lacks for the `train_aug` split (relative names; empty when it is usable)."""
+    missing = []
+    if not any(candidate.is_file() for candidate in _split_candidates(root, "train_aug")):
+        missing.append("ImageSets/Segmentation/train_aug.txt")
+    if not (root / "SegmentationClassAug").is_dir():
+        missing.append("SegmentationClassAug/")
+    return missing
+
+
+def default_train_split(path: Path) -> str:
+    """The split the training role reads when the spec pins none: `train_aug` when usable, else `train`.
+
+    Falling back to `train` logs a warning naming what is missing and the fix.
+    """
+    root = resolve_voc_root(Path(path))
+    missing = train_aug_missing(root)
+    if not missing:
+        return "train_aug"
+    logger.warning(
+        "VOC %s has no train_aug split (missing %s): training on the 1,464-image train split instead of the "
+        "10,582-image train_aug of the CoSA recipe. To fix, %s; to train on train on purpose and silence this, "
+        "write voc:%s?split=train.",
+        root,
+        " and ".join(missing),
+        SBD_HINT,
+        path,
+    )
+    return "train"
 
 
 def _official_labels(root: Path) -> dict[str, tuple[int, ...]] | None:
@@ -80,4 +123,4 @@ def read_voc(path: Path, split: str) -> ItemIndex:
                 "VOC image labels are derived from the masks, and evaluation needs them."
             )
         items.append(Item(name=name, image=root / "JPEGImages" / f"{name}.jpg", mask=mask, labels=labels))
-    return ItemIndex(classes=list(VOC_CLASSES), items=items, source=f"voc:{root} ({split})")
+    return ItemIndex(classes=list(VOC_CLASSES), items=items, source=f"voc:{root} ({split})", split=split)
