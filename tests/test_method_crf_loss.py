@@ -16,7 +16,9 @@ from cosa_sdk.training.crf_loss import (
     bilateral_features,
     dense_gaussian_filter,
     grid_gaussian_filter,
+    lattice_features,
 )
+from cosa_sdk.training.permutohedral import lattice_filter
 
 STEPS = DenseCRFLoss().steps
 
@@ -98,8 +100,8 @@ def test_loss_value_and_gradient_match_the_explicit_quadratic_form() -> None:
     _explicit_energy(img, p2, full_roi, all_ignored, 1e-3, 20.0, 15.0).backward()
     torch.testing.assert_close(p1.grad, p2.grad, rtol=1e-3, atol=1e-9)
 
-    # The default grid filter gives nearly the same loss.
-    grid = DenseCRFLoss(weight=1e-3, sigma_xy=20.0)(img, probs, roi, cpl)
+    # The grid filter gives nearly the same loss.
+    grid = DenseCRFLoss(weight=1e-3, sigma_xy=20.0, filter="grid")(img, probs, roi, cpl)
     assert grid.item() == pytest.approx(expected.item(), rel=0.05)
 
 
@@ -110,4 +112,38 @@ def test_loss_is_zero_outside_the_roi_and_checks_shapes() -> None:
     with pytest.raises(CosaInputError, match="roi"):
         DenseCRFLoss()(img, probs, torch.zeros(1, 4, 4), torch.zeros(1, 8, 8))
     with pytest.raises(CosaInputError, match="filter"):
-        DenseCRFLoss(filter="lattice")
+        DenseCRFLoss(filter="bilateral")
+
+
+def _smooth_image(h: int, w: int, seed: int = 0) -> torch.Tensor:
+    coarse = torch.rand(1, 3, 4, 4, generator=torch.Generator().manual_seed(seed)) * 255
+    return F.interpolate(coarse, size=(h, w), mode="bilinear", align_corners=False)
+
+
+def test_lattice_filters_all_classes_as_the_extension_filters_each() -> None:
+    """The extension runs the lattice once per class channel; filtering K channels at once is the same map."""
+    img = _smooth_image(13, 7)  # 91 pixels: the extension's padding of the last block of 4 takes part
+    feats = lattice_features(img, sigma_xy=5.0, sigma_rgb=15.0)
+    values = _probs(1, 3, 13, 7).reshape(1, 3, -1)
+    together = lattice_filter(feats, values)
+    for k in range(3):
+        alone = lattice_filter(feats, values[:, k : k + 1])
+        torch.testing.assert_close(together[:, k : k + 1], alone, rtol=1e-6, atol=1e-7)
+
+
+def test_lattice_response_is_a_fraction_of_the_exact_gaussian() -> None:
+    """The released kernel's energy is about 0.5-0.6x an exact Gaussian's on smooth natural-like images."""
+    img = _smooth_image(48, 48, seed=3)
+    feats = lattice_features(img, sigma_xy=50.0, sigma_rgb=15.0)
+    values = _probs(1, 4, 48, 48).reshape(1, 4, -1)
+    ratio = (values * lattice_filter(feats, values)).sum() / (values * dense_gaussian_filter(feats, values)).sum()
+    assert 0.4 < float(ratio) < 0.7
+
+
+def test_lattice_loss_is_the_default_and_differs_from_the_exact_one() -> None:
+    img, probs = _smooth_image(32, 32), _probs(1, 3, 32, 32)
+    roi, cpl = torch.ones(1, 32, 32), torch.zeros(1, 32, 32, dtype=torch.long)
+    assert DenseCRFLoss().filter == "lattice"
+    lattice = DenseCRFLoss()(img, probs, roi, cpl).item()
+    exact = DenseCRFLoss(filter="exact")(img, probs, roi, cpl).item()
+    assert lattice < 0 and exact < 0 and 1.3 < exact / lattice < 2.5
