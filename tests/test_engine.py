@@ -130,6 +130,20 @@ def test_resume_reaches_the_same_weights_as_an_uninterrupted_run(tmp_path) -> No
         assert torch.equal(resumed.assignment.state_dict()[name], expected), name
 
 
+def test_on_iteration_sees_every_step_and_can_stop_the_run(tmp_path) -> None:
+    seen = []
+
+    def watch(step, result):
+        seen.append((step, float(result.loss), sorted(result.terms)))
+        return step < 3
+
+    trainer = Trainer(tiny_config(iters=6, eval_every=100), run_dir=tmp_path / "run", data_spec=DATA)
+    trainer.fit(on_iteration=watch)
+    assert [s for s, _, _ in seen] == [1, 2, 3] and trainer.step == 3
+    assert all(math.isfinite(loss) for _, loss, _ in seen)
+    assert (tmp_path / "run" / "last.pt").is_file()
+
+
 def test_resume_with_another_config_names_the_difference(tmp_path) -> None:
     Trainer(tiny_config(iters=2), run_dir=tmp_path / "run", data_spec=DATA).fit()
     with pytest.raises(CosaConfigError, match="lr"):
@@ -180,7 +194,7 @@ DDP_SCRIPT = textwrap.dedent(
     torch.set_num_threads(1)
     config = dataclasses.replace(
         preset("tiny"), backbone="vit_tiny_patch16_224", backbone_weights=None, freeze_blocks=0, crop_size=32,
-        batch_size=1, iters=3, loss_warmup_iters=1, lr_warmup_iters=1, eval_every=100, checkpoint_every=100,
+        batch_size=2, iters=3, loss_warmup_iters=1, lr_warmup_iters=1, eval_every=100, checkpoint_every=100,
         sample_every=100, num_workers=0, decoder_channels=8, dilation=2, progress=False, pseudo_scales=(1.0,),
         device="cpu")
     trainer = Trainer(config, run_dir=sys.argv[1], data_spec=sys.argv[2])
@@ -195,6 +209,7 @@ DDP_SCRIPT = textwrap.dedent(
 
 
 def test_two_process_gloo_ranks_hold_identical_weights(tmp_path) -> None:
+    """batch_size is the global batch: 2 split over 2 ranks."""
     script = tmp_path / "ddp_train.py"
     script.write_text(DDP_SCRIPT)
     run = tmp_path / "ddp"

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from contextlib import nullcontext
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -21,16 +21,14 @@ from torch.utils.data import DataLoader
 from cosa_sdk import __version__
 from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaModelError
 from cosa_sdk.training.checkpoint import load_checkpoint, save_checkpoint
-from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.config import BEST_METRICS, TrainConfig
 from cosa_sdk.training.data import build_dataset, seed_worker
 from cosa_sdk.training.data.sampling import label_set_weights
 from cosa_sdk.training.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
-from cosa_sdk.training.ema import ema_update, make_assignment_network
 from cosa_sdk.training.evaluate import evaluate
+from cosa_sdk.training.iteration import IterationResult, TrainingIteration, per_process_batch
 from cosa_sdk.training.network import CoSANetwork
 from cosa_sdk.training.sampler import StepBatchSampler
-from cosa_sdk.training.schedule import build_optimizer, set_lr
-from cosa_sdk.training.step import CoSALosses, supervised_loss
 from cosa_sdk.training.visualize import save_training_samples
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "samples")
@@ -64,6 +62,9 @@ class Trainer:
         self.preset_name = preset_name
         self.run_dir = Path(run_dir)
         self.ctx: DistContext = setup_distributed(config.device)
+        self.batch_per_process = per_process_batch(config.batch_size, self.ctx.world_size)
+        if config.best_metric not in BEST_METRICS:
+            raise CosaConfigError(f"best_metric must be one of {', '.join(BEST_METRICS)}, got {config.best_metric!r}")
         self.resume_record = self._prepare_run_dir(resume=resume, force=force)
         cfg = config
         self.train_set = build_dataset(
@@ -88,23 +89,19 @@ class Trainer:
             backbone_weights=cfg.backbone_weights,
             backbone_kwargs=cfg.backbone_kwargs,
         ).to(self.ctx.device)
-        self.assignment = None
-        if supervision == "weak":
-            self.assignment = make_assignment_network(
-                self.online, independent_heads=cfg.independent_assignment_heads
-            ).to(self.ctx.device)
-        grid = cfg.crop_size // self.online.stride
-        self.losses = CoSALosses(cfg, grid_size=grid) if supervision == "weak" else None
-        self.optimizer = build_optimizer(
-            self.online, lr=cfg.lr, head_lr_mult=cfg.head_lr_mult, weight_decay=cfg.weight_decay
+        self.iteration = TrainingIteration.build(
+            cfg, self.online, supervision=supervision, world_size=self.ctx.world_size
         )
+        self.assignment, self.losses = self.iteration.assignment, self.iteration.losses
+        self.optimizer = self.iteration.optimizer
         self.step, self.best_score, self.last_metrics = 0, float("-inf"), {}
         if self.resume_record is not None:
             self._restore(self.resume_record)
-        self.model = self.online
         if self.ctx.distributed:
             device_ids = [self.ctx.device.index] if self.ctx.device.type == "cuda" else None
-            self.model = DistributedDataParallel(self.online, device_ids=device_ids, find_unused_parameters=True)
+            self.iteration.model = DistributedDataParallel(
+                self.online, device_ids=device_ids, find_unused_parameters=True
+            )
 
     # ----------------------------------------------------------------------------------------- run dir
     def _prepare_run_dir(self, *, resume: bool, force: bool) -> dict[str, Any] | None:
@@ -218,12 +215,13 @@ class Trainer:
                 device=self.ctx.device,
                 cam_threshold=cfg.cam_threshold,
                 with_cams=self.supervision == "weak",
+                tta=cfg.eval_tta,
                 limit=cfg.eval_limit,
                 class_names=self.train_set.classes,
             )
         self.online.train()
-        selected = max(scores, key=lambda n: scores[n]["seg_miou"] or 0.0)
-        return {"selected": selected, **scores}
+        selected = max(scores, key=lambda n: scores[n][cfg.best_metric] or 0.0)
+        return {"selected": selected, "best_metric": cfg.best_metric, **scores}
 
     def _maybe_evaluate(self, done: int) -> dict[str, Any] | None:
         cfg = self.config
@@ -234,7 +232,7 @@ class Trainer:
         if result is None:
             return None
         self.last_metrics = result
-        score = result[result["selected"]]["seg_miou"] or 0.0
+        score = result[result["selected"]][self.config.best_metric] or 0.0
         if score > self.best_score and self.ctx.is_main:
             self.best_score = score
             save_checkpoint(self.run_dir / "best.pt", self._record(with_state=False))
@@ -258,7 +256,7 @@ class Trainer:
         cfg = self.config
         sampler = StepBatchSampler(
             num_samples=len(self.train_set),
-            batch_size=cfg.batch_size,
+            batch_size=self.batch_per_process,
             total_steps=cfg.iters,
             start_step=self.step,
             seed=cfg.seed,
@@ -275,40 +273,27 @@ class Trainer:
             persistent_workers=False,
         )
 
-    def fit(self, *, stop_after: int | None = None) -> dict[str, Any]:
-        """Train until `config.iters` (or `stop_after` iterations, for tests of resume); returns a summary."""
+    def fit(
+        self,
+        *,
+        stop_after: int | None = None,
+        on_iteration: Callable[[int, IterationResult], bool | None] | None = None,
+    ) -> dict[str, Any]:
+        """Train until `config.iters` (or `stop_after` iterations, for tests of resume); returns a summary.
+
+        `on_iteration(step, result)` is called after every iteration (step = iterations done so far), e.g.
+        to time steps; returning False stops the run there (last.pt is saved, as with `stop_after`).
+        """
         cfg, device = self.config, self.ctx.device
         if self.ctx.is_main and self.resume_record is None:
             self._write_config()
         self.online.train()
-        autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cfg.amp and device.type == "cuda" else nullcontext()
         bar = _progress(total=cfg.iters, initial=self.step, enabled=cfg.progress and self.ctx.is_main)
         started, steps_run, window = time.perf_counter(), 0, time.perf_counter()
         for batch in self._loader():
             batch = {k: v.to(device, non_blocking=True) if torch.is_tensor(v) else v for k, v in batch.items()}
-            set_lr(
-                self.optimizer,
-                self.step,
-                warmup_iter=cfg.lr_warmup_iters,
-                max_iter=cfg.iters,
-                warmup_ratio=1e-6,
-                power=0.9,
-            )
-            with autocast:
-                if self.losses is not None:
-                    loss, terms, pseudo = self.losses(self.model, self.assignment, batch, self.step)
-                else:
-                    (loss, terms), pseudo = supervised_loss(self.model, batch), None
-            if not torch.isfinite(loss):
-                raise CosaModelError(
-                    f"the loss became {loss.item()} at iteration {self.step}: lower lr "
-                    f"(now {cfg.lr}) or check the data; resume from last.pt with a new run"
-                )
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
-            if self.assignment is not None:
-                ema_update(self.assignment, self.online, cfg.ema_momentum)
+            outcome = self.iteration(batch, self.step)
+            loss, terms, pseudo = outcome.loss, outcome.terms, outcome.pseudo
             self.step += 1
             steps_run += 1
             if self.step % cfg.log_every == 0 or self.step == cfg.iters:
@@ -341,7 +326,8 @@ class Trainer:
             result = self._maybe_evaluate(self.step)
             if result is not None:
                 self._log({"step": self.step, "eval": result})
-            if stop_after is not None and steps_run >= stop_after:
+            stop = on_iteration is not None and on_iteration(self.step, outcome) is False
+            if stop or (stop_after is not None and steps_run >= stop_after):
                 self._save_last()
                 break
         bar.close()

@@ -23,7 +23,7 @@ import torch
 
 from cosa_sdk.errors import CosaConfigError, CosaModelError
 
-BACKBONE = "vit_base_patch16_224"
+BACKBONE = "vit_base_patch16_224.orig_in21k_ft_in1k"  # the released code starts from these weights
 EMBED_DIM = 768
 DEPTH = 12
 MLP_DIM = 3072

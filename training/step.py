@@ -41,20 +41,24 @@ class PseudoLabels:
 
 class CoSALosses(nn.Module):
     """Loss terms of one step: L_cls (+aux) always; after the loss warm-up L_c2s, L_s2c, L_reg and the
-    optional paper techniques (perplexity weights on L_c2s, contrastive separation)."""
+    optional paper techniques (perplexity weights on L_c2s, contrastive separation). During the warm-up
+    those terms are computed and weighted by 0.0 (`warmup_zero_terms`, the released loop) or skipped.
 
-    def __init__(self, config: TrainConfig, *, grid_size: int) -> None:
+    `batch_size` is the per-process batch (it sizes the dynamic-threshold queue); default config.batch_size.
+    """
+
+    def __init__(self, config: TrainConfig, *, grid_size: int, batch_size: int | None = None) -> None:
         super().__init__()
         self.config = config
         self.crf = (
-            DenseCRFLoss(sigma_rgb=config.crf_sigma_rgb, sigma_xy=config.crf_sigma_xy)
+            DenseCRFLoss(sigma_rgb=config.crf_sigma_rgb, sigma_xy=config.crf_sigma_xy, filter=config.crf_filter)
             if config.crf_loss and config.w_reg > 0
             else None
         )
         self.dynamic: tuple[DynamicThreshold, DynamicThreshold] | None = None
         if config.dynamic_threshold:
             common = {
-                "queue_rows": config.batch_size * config.gmm_queue_rows_per_image,
+                "queue_rows": (batch_size or config.batch_size) * config.gmm_queue_rows_per_image,
                 "grid_size": grid_size,
                 "max_samples": config.gmm_max_samples,
                 "fit_every": config.gmm_fit_every,
@@ -98,20 +102,22 @@ class CoSALosses(nn.Module):
     def forward(
         self, online: nn.Module, assignment: nn.Module, batch: dict[str, torch.Tensor], step: int
     ) -> tuple[torch.Tensor, dict[str, float], PseudoLabels | None]:
-        """(total loss, {term: value}, pseudo-labels or None during the warm-up)."""
+        """(total loss, {term: value}, pseudo-labels or None when the warm-up skips them)."""
         cfg = self.config
         labels = batch["labels"]
         active = self.pseudo_labels_active(step)
+        with_terms = active or cfg.warmup_zero_terms
         pseudo = None
-        if active or self.dynamic is not None:
+        if with_terms or self.dynamic is not None:
             pseudo = self.make_pseudo_labels(assignment, batch["weak"], labels, batch["box"])
         out = online(batch["strong"])
         l_cls = classification_loss(out.logits, labels)
         l_aux = classification_loss(out.aux_logits, labels)
         total = l_cls + l_aux
         terms = {"cls": l_cls.item(), "cls_aux": l_aux.item()}
-        if not active:
+        if not with_terms:
             return total, terms, pseudo
+        on = 1.0 if active else 0.0
         size = batch["strong"].shape[-2:]
         seg = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=False)
         weights = None
@@ -123,21 +129,21 @@ class CoSALosses(nn.Module):
             seg, pseudo.cpl, fg_alpha=cfg.fg_alpha, pixel_weights=weights
         ) + beta * balanced_seg_loss(seg, pseudo.cpl_aux, fg_alpha=cfg.fg_alpha, pixel_weights=weights)
         l_s2c = seg_to_cam_loss(out.cam, pseudo.spl)
-        total = total + cfg.w_c2s * l_c2s + cfg.w_s2c * l_s2c
+        total = total + on * cfg.w_c2s * l_c2s + on * cfg.w_s2c * l_s2c
         terms.update(c2s=l_c2s.item(), s2c=l_s2c.item())
         if self.crf is not None:
             mean = torch.tensor(cfg.mean, device=seg.device).view(1, 3, 1, 1)
             std = torch.tensor(cfg.std, device=seg.device).view(1, 3, 1, 1)
             images = (batch["strong"] * std + mean) * 255.0
             l_reg = self.crf(images, seg.softmax(1), _roi(batch["box"], size, seg.device), pseudo.cpl)
-            total = total + cfg.w_reg * l_reg
+            total = total + on * cfg.w_reg * l_reg
             terms["reg"] = l_reg.item()
         if cfg.contrastive:
             spl_grid = F.interpolate(pseudo.spl, size=out.features.shape[-2:], mode="bilinear", align_corners=False)
             l_csc = contrastive_separation_loss(
                 out.features, out.cam, spl_grid.argmax(1), labels, temperature=cfg.csc_temperature
             )
-            total = total + cfg.w_csc * l_csc
+            total = total + on * cfg.w_csc * l_csc
             terms["csc"] = l_csc.item()
         return total, terms, pseudo
 

@@ -1,0 +1,147 @@
+"""The `official` preset follows a trajectory recorded from the released training loop, iteration by iteration.
+
+The case (tests/data/official_trajectory, described in docs/official-trajectory.md) is 8 iterations of a
+small network of the released architecture, with the loss warm-up switching on inside the run and the
+dense-CRF loss on. `trajectory_adapter.run_trajectory` runs it through the engine's own
+`TrainingIteration`; the checks below apply the case's published tolerances, unchanged.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from trajectory_adapter import CHECKSUM_GROUPS, run_trajectory
+
+CASE_DIR = Path(__file__).parent / "data" / "official_trajectory"
+REFERENCE = json.loads((CASE_DIR / "trajectory.json").read_text())
+TOL = REFERENCE["tolerances"]
+EPS = 2.0**-23
+PIXELS = REFERENCE["case"]["batch"] * REFERENCE["case"]["crop"] ** 2
+
+
+@pytest.fixture(scope="module")
+def ours() -> dict[str, Any]:
+    return run_trajectory(str(CASE_DIR))
+
+
+def trajectory_errors(ours: dict[str, Any], reference: dict[str, Any] = REFERENCE) -> list[str]:
+    """Every check of the case's README section 7 that fails, as readable lines (empty: all pass)."""
+    errors: list[str] = []
+    tol = reference["tolerances"]
+    init = reference["init_checksums"]
+    hist_limit = max(tol["hist_l1_min"], tol["hist_l1_frac"] * PIXELS)
+
+    def close(what: str, got: float, want: float, limit: float) -> None:
+        if not abs(got - want) <= limit:
+            errors.append(f"{what}: ours {got!r}, reference {want!r} (|diff| {abs(got - want):.3g} > {limit:.3g})")
+
+    def histogram(what: str, got: Any, want: Any) -> None:
+        got = dict(enumerate(got)) if isinstance(got, list) else {int(k): v for k, v in got.items()}
+        want = dict(enumerate(want)) if isinstance(want, list) else {int(k): v for k, v in want.items()}
+        if sum(got.values()) != PIXELS:
+            errors.append(f"{what}: sums to {sum(got.values())}, not {PIXELS}")
+        l1 = sum(abs(got.get(k, 0) - want.get(k, 0)) for k in set(got) | set(want))
+        if l1 > hist_limit:
+            errors.append(f"{what}: L1 distance {l1} > {hist_limit}")
+
+    assert len(ours["iterations"]) == len(reference["iterations"])
+    for got, want in zip(ours["iterations"], reference["iterations"]):
+        n = want["iter"]
+        if got["loss_warmup"] != want["loss_warmup"]:
+            errors.append(f"iter {n}: loss_warmup {got['loss_warmup']} != {want['loss_warmup']}")
+        required = ("cls", "cls_aux", "total") + (() if want["loss_warmup"] else ("c2s", "s2c", "reg"))
+        for term, value in want["losses"].items():
+            if term in got["losses"]:
+                close(f"iter {n} loss {term}", got["losses"][term], value, tol["loss_rtol"] * abs(value) + 1e-6)
+            elif term in required:
+                errors.append(f"iter {n}: loss {term} missing")
+        for group, value in want["lr"].items():
+            close(f"iter {n} lr {group}", got["lr"][group], value, tol["lr_rtol"] * abs(value))
+        if not want["loss_warmup"]:
+            for name, value in want["thresholds"].items():
+                close(f"iter {n} threshold {name}", got["thresholds"][name], value, tol["threshold_atol"])
+            for name in ("cpl_hist", "cpl_aux_hist", "spl_argmax_hist"):
+                if name not in got:
+                    errors.append(f"iter {n}: {name} missing")
+        for name in ("cpl_hist", "cpl_aux_hist", "spl_argmax_hist"):
+            if name in got and name in want:
+                histogram(f"iter {n} {name}", got[name], want[name])
+        for k, (o, r) in enumerate(zip(got.get("spl_mass", []), want.get("spl_mass", []))):
+            close(f"iter {n} spl_mass[{k}]", o, r, tol["spl_mass_frac"] * PIXELS + tol["spl_mass_atol"])
+        u = tol["ulp_per_step"] * (n + 1) * EPS
+        for net in ("online", "ema"):
+            for group in CHECKSUM_GROUPS:
+                o, r, i = got["checksums"][net][group], want["checksums"][net][group], init[net][group]
+                what = f"iter {n} {net} {group}"
+                close(
+                    f"{what} sqrt(delta_sumsq)",
+                    math.sqrt(o["delta_sumsq"]),
+                    math.sqrt(r["delta_sumsq"]),
+                    tol["delta_l2_rtol"] * math.sqrt(r["delta_sumsq"]) + u * math.sqrt(i["sumsq"]),
+                )
+                close(
+                    f"{what} delta_sum",
+                    o["delta_sum"],
+                    r["delta_sum"],
+                    tol["delta_sum_rtol"] * r["delta_abssum"] + u * i["abssum"],
+                )
+                if "sumsq" in o:
+                    close(f"{what} sumsq", o["sumsq"], r["sumsq"], (tol["plain_sumsq_rtol"] + 2 * u) * r["sumsq"])
+    steps = ours.get("final", {}).get("adam_step_count")
+    if steps is not None:
+        for group, want in reference["final"]["adam_step_count"].items():
+            got = steps.get(group, {})
+            if (got.get("min"), got.get("max")) != (want["min"], want["max"]):
+                errors.append(f"AdamW step count {group}: ours {got}, reference {want}")
+    return errors
+
+
+def test_official_trajectory_within_published_tolerances(ours):
+    errors = trajectory_errors(ours)
+    assert not errors, "\n".join(errors[:40])
+
+
+def test_records_cover_the_schema(ours):
+    first_full = next(it for it in ours["iterations"] if not it["loss_warmup"])
+    assert {"c2s", "s2c", "reg", "total"} <= set(first_full["losses"])
+    # the released loop computes the pseudo-label terms during the warm-up too (weighted by 0.0)
+    warm = ours["iterations"][0]
+    assert warm["loss_warmup"] and "reg" in warm["losses"]
+    assert warm["losses"]["total"] == pytest.approx(warm["losses"]["cls"] + warm["losses"]["cls_aux"], rel=1e-6)
+    assert Path(ours["final_state_npz"]).is_file()
+
+
+def test_final_weights_per_tensor(ours):
+    """Each final tensor's change from init has the reference's L2 norm (the key third of qkv biases is noise)."""
+    final = np.load(ours["final_state_npz"])
+    init = np.load(CASE_DIR / "init_weights.npz")
+    per_tensor = REFERENCE["final"]["per_tensor"]
+    checked = 0
+    for net, prefix in (("online", "online/"), ("ema", "ema/")):
+        for key, want in per_tensor[net].items():
+            if key.endswith("attn.qkv.bias"):
+                continue
+            owner = "online" if net == "online" or key.startswith("encoder.") else "assignment"
+            start = init[f"{owner}/{key}"]
+            delta = final[prefix + key].astype(np.float64) - start.astype(np.float64)
+            limit = TOL["final_rtol"] * want["delta_l2"] + 16 * EPS * np.linalg.norm(start.astype(np.float64))
+            assert abs(np.linalg.norm(delta) - want["delta_l2"]) <= limit, f"{net} {key}"
+            checked += 1
+    assert checked > 100
+
+
+@pytest.mark.parametrize(
+    ("override", "symptom"),
+    [
+        ("warmup_zero_terms=false", "online decoder"),  # the decoder misses weight decay and Adam steps
+        ("crf_filter=exact", "loss reg"),  # an exact Gaussian is ~1.7x the released lattice
+    ],
+)
+def test_a_deviation_from_the_released_loop_is_caught(override, symptom):
+    errors = trajectory_errors(run_trajectory(str(CASE_DIR), overrides=[override]))
+    assert any(symptom in line for line in errors), errors[:5]
