@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from trajectory_adapter import CHECKSUM_GROUPS, run_trajectory
+from trajectory_case import batches, case_block, initial_weights, write_case
 
 CASE_DIR = Path(__file__).parent / "data" / "official_trajectory"
 REFERENCE = json.loads((CASE_DIR / "trajectory.json").read_text())
@@ -145,3 +146,53 @@ def test_final_weights_per_tensor(ours):
 def test_a_deviation_from_the_released_loop_is_caught(override, symptom):
     errors = trajectory_errors(run_trajectory(str(CASE_DIR), overrides=[override]))
     assert any(symptom in line for line in errors), errors[:5]
+
+
+def test_the_public_case_rebuilds_bit_for_bit_from_its_seeds():
+    case = REFERENCE["case"]
+    inputs, weights = np.load(CASE_DIR / "inputs.npz"), np.load(CASE_DIR / "init_weights.npz")
+    rebuilt_inputs, rebuilt_weights = batches(case), initial_weights(case)
+    for key in inputs.files:
+        np.testing.assert_array_equal(rebuilt_inputs[key], inputs[key], err_msg=key)
+    assert sorted(rebuilt_weights) == sorted(weights.files)
+    for key in weights.files:
+        np.testing.assert_array_equal(rebuilt_weights[key], weights[key], err_msg=key)
+
+
+def _released_lr(base: float, n: int, *, warmup: int, iters: int) -> float:
+    if n < warmup:
+        return base * (1 - (1 - n / warmup) * (1 - 1e-6))
+    return base * (1 - n / iters) ** 0.9
+
+
+def test_a_case_of_other_sizes_and_seeds_runs_through_the_same_adapter(tmp_path):
+    """3 classes, batch 3, 96 px crops, 6 iterations with a 2-iteration loss warm-up, one heavily padded crop."""
+    case = case_block(
+        weights_seed=7,
+        inputs_seed=8,
+        classes=3,
+        batch=3,
+        crop=96,
+        iters=6,
+        loss_warmup_iters=2,
+        lr_warmup_iters=1,
+        padded_crops=[{"iter": 3, "image": 2, "kind": "heavy"}],
+        depth=3,
+    )
+    ours = run_trajectory(str(write_case(tmp_path / "case", case)))
+    pixels = 3 * 96 * 96
+    assert [it["loss_warmup"] for it in ours["iterations"]] == [True, True, True, False, False, False]
+    for it in ours["iterations"]:
+        n = it["iter"]
+        assert it["lr"]["backbone"] == pytest.approx(_released_lr(6e-5, n, warmup=1, iters=6), rel=1e-6)
+        assert it["lr"]["decoder"] == pytest.approx(_released_lr(6e-4, n, warmup=1, iters=6), rel=1e-6)
+        assert all(math.isfinite(v) for v in it["losses"].values())
+        assert sum(it["cpl_hist"].values()) == pixels and sum(it["spl_argmax_hist"]) == pixels
+        assert set(it["cpl_hist"]) == {"0", "1", "2", "3", "255"}
+        if it["loss_warmup"]:
+            assert it["losses"]["total"] == pytest.approx(it["losses"]["cls"] + it["losses"]["cls_aux"], rel=1e-6)
+        if n >= 1:  # at n = 0 the lr (6e-10) is below float32 resolution; weight decay acts from then on
+            assert it["checksums"]["online"]["decoder"]["delta_sumsq"] > 0
+    heavy = ours["iterations"][3]["cpl_hist_per_image"][2]
+    assert heavy["255"] > 0.9 * 96 * 96  # the padded crop is ignored outside its box
+    assert all(v == {"min": 6, "max": 6} for v in ours["final"]["adam_step_count"].values())
