@@ -38,6 +38,7 @@ sys.path.insert(0, str(REPO / "tests"))  # the synthetic scenes and checkpoint r
 
 from trained_model import checkpoint_record, normalise, synthetic_scenes, write_custom_dataset  # noqa: E402
 
+from cosa_sdk.cpu import exact_kernels_needed, hardware  # noqa: E402
 from cosa_sdk.export.pipeline import ExportOptions, export_bundle  # noqa: E402
 from cosa_sdk.export.quantize import cpu_flags, has_vnni  # noqa: E402
 from cosa_sdk.training.checkpoint import save_checkpoint  # noqa: E402
@@ -145,12 +146,16 @@ def miou(pred: np.ndarray, truth: np.ndarray, classes: int) -> float:
     return 100 * float(np.mean(ious))
 
 
-def ort_session(path: Path, threads: int):
+def ort_session(path: Path, threads: int, *, exact_int8: bool = False):
     import onnxruntime as ort
+
+    from cosa_sdk.cpu import EXACT_KERNELS_OPTION
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.log_severity_level = 3
+    if exact_int8:  # 8-bit weights on a CPU without VNNI: what export measured them with
+        options.add_session_config_entry(EXACT_KERNELS_OPTION, "1")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
@@ -188,7 +193,10 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, work:
     stream = network.seg_stream().eval()
     torch.set_num_threads(args.threads)
     fp32 = ort_session(result.path / "model.onnx", args.threads)
-    int8 = ort_session(result.path / "model.int8.onnx", args.threads)
+    int8_metrics = result.config["metrics"]["int8"]  # the INT8 file export shipped (7-bit, or 8-bit for VNNI)
+    int8_file = result.config["artifacts"][int8_metrics["artifact"]]
+    exact = exact_kernels_needed(int8_metrics["weight_bits"])
+    int8 = ort_session(result.path / int8_file, args.threads, exact_int8=exact)
     photos = [
         np.asarray(Image.open(io.BytesIO(_jpeg(size + 40, size + 10, seed))).convert("RGB").resize((size, size)))
         for seed in range(8)
@@ -213,7 +221,13 @@ def bench_model(name: str, spec: dict[str, Any], args: argparse.Namespace, work:
         "export_s": export_s,
         "train_s": train_s,
         "parity": {k: result.config["metrics"]["parity"][k] for k in ("max_abs_diff", "argmax_agreement")},
-        "int8": {k: result.config["metrics"]["int8"][k] for k in ("argmax_agreement", "reduce_range", "format")},
+        "int8": {
+            **{
+                k: int8_metrics[k]
+                for k in ("argmax_agreement", "agreement", "weight_bits", "format", "artifact", "attempts")
+            },
+            "exact_kernels": exact,
+        },
     }
     out["peak_fraction"] = {k: flops * int(k[-1]) / (v / 1000) / 1e9 / peak for k, v in rows.items()}
     out["int8_vs_torch_b1"] = rows["torch_eager_b1"] / rows["ort_int8_b1"]
@@ -276,7 +290,9 @@ def print_tables(results: dict[str, Any]) -> None:
         line = (
             f"{name:<12} {gflop:.2f} GFLOP/image; INT8 {model['int8_vs_torch_b1']:.2f}x torch eager at batch 1, "
             f"agreement {100 * model['int8']['argmax_agreement']:.2f} % ({model['int8']['format']}, "
-            f"reduce_range {model['int8']['reduce_range']})"
+            f"{model['int8']['weight_bits']}-bit weights; validation / photos "
+            + " / ".join(f"{100 * v:.2f} %" for v in model["int8"]["agreement"].values())
+            + ")"
         )
         print(line)
         if "miou" in model:
@@ -310,6 +326,7 @@ def main() -> int:
             "cpu": platform.processor() or platform.machine(),
             "avx2": "avx2" in flags,
             "vnni": has_vnni(flags),
+            "cpu_features": hardware().describe(),
             "avx512": "avx512f" in flags,
         },
         "threads": args.threads,

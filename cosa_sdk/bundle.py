@@ -23,6 +23,7 @@ DEFAULT_TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
 ARTIFACT_HINTS = {
     "onnx": "cosa export RUN_DIR/best.pt --out BUNDLE",
     "onnx_int8": "cosa export RUN_DIR/best.pt --out BUNDLE --int8",
+    "onnx_int8_vnni": "cosa export RUN_DIR/best.pt --out BUNDLE --int8",
     "tensorrt": "cosa export RUN_DIR/best.pt --out BUNDLE --tensorrt --fp16 (on the GPU that will run it)",
     "torch": "cosa export RUN_DIR/best.pt --out BUNDLE",
 }
@@ -36,6 +37,38 @@ class OnnxInfo:
     output: str = "logits"
     dynamic: bool = False
     opset: int | None = None
+
+
+@dataclass(frozen=True)
+class Int8Variant:
+    """What cosa.json says about one INT8 artifact ("int8" key; older bundles: `metrics.int8`).
+
+    weight_bits: 7 (safe on every CPU) or 8 (needs VNNI); None when the bundle does not say (exported by
+    an older cosa-sdk, or made by hand). agreement: argmax agreement with fp32 per image set ("validation",
+    "photos"); min_agreement: the limit export held it to.
+    """
+
+    key: str
+    weight_bits: int | None = None
+    agreement: dict[str, float] = field(default_factory=dict)
+    min_agreement: float | None = None
+
+    @property
+    def needs_vnni(self) -> bool | None:
+        """True for 8-bit weights, False for 7-bit ones, None when unknown."""
+        return None if self.weight_bits is None else self.weight_bits > 7
+
+    @property
+    def gate_agreement(self) -> float | None:
+        """The agreement the gate used: the worse of validation images and photographs."""
+        return min(self.agreement.values()) if self.agreement else None
+
+    @property
+    def gated(self) -> bool:
+        """True when export measured it on validation images and photographs and both cleared the limit."""
+        value = self.gate_agreement
+        has_both = {"validation", "photos"} <= set(self.agreement)
+        return has_both and value is not None and self.min_agreement is not None and value >= self.min_agreement
 
 
 @dataclass(frozen=True)
@@ -55,6 +88,7 @@ class Bundle:
     onnx: OnnxInfo = field(default_factory=OnnxInfo)
     name: str = ""
     config: dict[str, Any] = field(default_factory=dict, repr=False)
+    int8: dict[str, Int8Variant] = field(default_factory=dict)
 
     @property
     def num_classes(self) -> int:
@@ -80,6 +114,10 @@ class Bundle:
                 f"copy the whole bundle folder or re-create it with `{hint}`"
             )
         return path
+
+    def int8_variant(self, key: str) -> Int8Variant:
+        """What the bundle says about the INT8 artifact `key` (weights unknown when it says nothing)."""
+        return self.int8.get(key) or Int8Variant(key)
 
 
 def read_bundle(path: str | Path) -> Bundle:
@@ -252,6 +290,48 @@ def _check_onnx(check: _Checker) -> OnnxInfo:
     return OnnxInfo(dynamic=bool(info.get("dynamic", False)), opset=opset if _is_count(opset) else None, **names)
 
 
+def _agreements(value: Any) -> dict[str, float]:
+    if not isinstance(value, dict):
+        return {}
+    return {str(k): float(v) for k, v in value.items() if _is_number(v)}
+
+
+def _check_int8(check: _Checker) -> dict[str, Int8Variant]:
+    """The "int8" key: {artifact: {"weight_bits": 7|8, "agreement": {...}, "min_agreement": x}}.
+
+    Bundles written before it existed carry `metrics.int8.needs_vnni` for their one `onnx_int8` file: that
+    gives the weight width, but no gate on photographs (so `backend="auto"` does not pick it).
+    """
+    info = check.config.get("int8")
+    if info is None:
+        legacy = (check.config.get("metrics") or {}).get("int8")
+        if isinstance(legacy, dict) and isinstance(legacy.get("needs_vnni"), bool):
+            agreement = legacy.get("argmax_agreement")
+            return {
+                "onnx_int8": Int8Variant(
+                    "onnx_int8",
+                    weight_bits=8 if legacy["needs_vnni"] else 7,
+                    agreement={"validation": float(agreement)} if _is_number(agreement) else {},
+                )
+            }
+        return {}
+    if not isinstance(info, dict) or not all(isinstance(v, dict) for v in info.values()):
+        raise check.fail("int8", "must map INT8 artifacts to {'weight_bits': 7 or 8, 'agreement': {...}}")
+    variants = {}
+    for key, entry in info.items():
+        bits = entry.get("weight_bits")
+        if bits is not None and (not _is_count(bits) or bits > 8):
+            raise check.fail("int8", f"entry {key!r}: 'weight_bits' must be 7 or 8, got {bits!r}")
+        limit = entry.get("min_agreement")
+        variants[str(key)] = Int8Variant(
+            str(key),
+            weight_bits=bits,
+            agreement=_agreements(entry.get("agreement")),
+            min_agreement=float(limit) if _is_number(limit) else None,
+        )
+    return variants
+
+
 def bundle_from_config(config: dict[str, Any], *, source: Path, root: Path) -> Bundle:
     """Validate a parsed cosa.json; every problem is a CosaModelError naming the key and the fix."""
     check = _Checker(config, source)
@@ -277,4 +357,5 @@ def bundle_from_config(config: dict[str, Any], *, source: Path, root: Path) -> B
         onnx=_check_onnx(check),
         name=str(config.get("name") or root.name or source.stem),
         config=config,
+        int8=_check_int8(check),
     )

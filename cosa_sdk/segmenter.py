@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from cosa_sdk.backends import check_backend_name, open_backend
+from cosa_sdk.backends import check_backend_name, open_backend, open_lone_onnx
 from cosa_sdk.backends.base import Backend
-from cosa_sdk.bundle import Bundle, bundle_from_onnx_metadata, read_bundle
+from cosa_sdk.bundle import Bundle, read_bundle
 from cosa_sdk.errors import CosaInputError, CosaModelError
 from cosa_sdk.inputs import DEFAULT_MAX_PIXELS, decode_image
 from cosa_sdk.preprocess import Normalizer, logits_to_mask, resize_bilinear
@@ -348,8 +348,11 @@ def load(
 ) -> Segmenter:
     """Load a bundle folder (or its cosa.json, or a lone cosa-sdk .onnx file) on a backend.
 
-    backend: "auto" (TensorRT if an engine, the package and a GPU are there; else ONNX Runtime fp32,
-    on CUDA when available; else torch), "onnxruntime", "onnxruntime-int8", "tensorrt" or "torch".
+    backend: "auto" (TensorRT if an engine, the package and a GPU are there; else ONNX Runtime fp32 on
+    CUDA when available; else the INT8 model on a CPU when it passed its agreement gate and its weights
+    suit this CPU; else ONNX Runtime fp32; else torch), "onnxruntime", "onnxruntime-int8" (the INT8
+    model for this CPU: 8-bit weights only with VNNI, see `cosa_sdk.cpu`), "tensorrt" or "torch".
+    `seg.info()["int8"]` says which INT8 file was chosen and why; `seg.notes` why auto skipped options.
     providers / threads: ONNX Runtime execution providers and intra-op threads (defaults: CUDA when
     available then CPU; all cores). max_pixels: refuse larger images (None: no limit).
     """
@@ -373,19 +376,10 @@ def _load_lone_onnx(
     providers: Sequence[str] | None,
     threads: int | None,
 ) -> Segmenter:
-    from cosa_sdk.backends.onnxruntime import CPU, OnnxRuntimeBackend
-
     if name not in ("auto", "onnxruntime", "onnxruntime-int8"):
         raise CosaInputError(
             f"a lone .onnx file runs on ONNX Runtime only, not backend={name!r}; pass the bundle folder for "
             "the other backends, or backend='onnxruntime'"
         )
-    int8 = name == "onnxruntime-int8"
-    runner = OnnxRuntimeBackend(
-        path,
-        name="onnxruntime-int8" if int8 else "onnxruntime",
-        providers=[CPU] if int8 else providers,
-        threads=threads,
-    )
-    bundle = bundle_from_onnx_metadata(runner.metadata, path)
+    runner, bundle = open_lone_onnx(path, name, providers=providers, threads=threads)
     return Segmenter(bundle, runner, batch_size=batch_size, max_pixels=max_pixels)

@@ -24,7 +24,8 @@ from cosa_sdk.export.source import ExportSource
 
 WEIGHTS_NAME = "model.safetensors"
 ONNX_NAME = "model.onnx"
-ONNX_INT8_NAME = "model.int8.onnx"
+ONNX_INT8_NAME = "model.int8.onnx"  # 7-bit weights: any CPU
+ONNX_INT8_VNNI_NAME = "model.int8-vnni.onnx"  # 8-bit weights: CPUs with VNNI only (quantize.vnni_path)
 
 
 def jsonable(value: Any) -> Any:
@@ -48,8 +49,12 @@ def bundle_config(
     artifacts: dict[str, str],
     onnx: dict[str, Any],
     metrics: dict[str, Any],
+    int8: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """cosa.json: the contract keys of architecture.md section 2 plus the DEVELOPING.md extras and `network`."""
+    """cosa.json: the contract keys of architecture.md section 2 plus the DEVELOPING.md extras and `network`.
+
+    int8: {artifact: {"weight_bits", "agreement", "min_agreement"}} for the INT8 files (the SDK picks by CPU).
+    """
     config: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
         "version": BUNDLE_VERSION,
@@ -72,6 +77,8 @@ def bundle_config(
     }
     if source.tta_scales:
         config["tta_scales"] = list(source.tta_scales)
+    if int8:
+        config["int8"] = dict(int8)
     return jsonable(config)
 
 

@@ -8,6 +8,7 @@ import sys
 from typing import TextIO
 
 from cosa_sdk.export.pipeline import ExportOptions, ExportResult, export_bundle
+from cosa_sdk.export.quantize import Int8Result, describe_attempts
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
@@ -45,13 +46,18 @@ def report_lines(result: ExportResult) -> list[str]:
         + (", dynamic batch/H/W" if result.onnx.dynamic else f", batch x 3 x {height} x {width}"),
     }
     if result.int8 is not None:
-        s = result.int8.settings
-        notes["onnx_int8"] = f"{result.int8.mode} {s['format']}, {result.int8.quantized_nodes} int8 ops"
+        q = result.int8
+        notes[q.artifact] = (
+            f"{q.mode} {q.settings['format']}, {q.quantized_nodes} int8 ops, {q.weight_bits}-bit weights"
+        )
     if "tensorrt" in config["metrics"]:
         notes["tensorrt"] = f"{config['metrics']['tensorrt']['precision']} engine"
-    lines.append(f"  {'artifact':<10} {'file':<18} {'size':>9}  notes")
+    key_width = max(10, *(len(key) for key in config["artifacts"]))
+    name_width = max(18, *(len(name) for name in config["artifacts"].values()))
+    lines.append(f"  {'artifact':<{key_width}} {'file':<{name_width}} {'size':>9}  notes")
     for key, name in config["artifacts"].items():
-        lines.append(f"  {key:<10} {name:<18} {_size(result.sizes.get(key, 0)):>9}  {notes.get(key, '')}")
+        size = _size(result.sizes.get(key, 0))
+        lines.append(f"  {key:<{key_width}} {name:<{name_width}} {size:>9}  {notes.get(key, '')}")
     if result.parity is not None:
         p, cases = result.parity.overall, result.parity.cases
         batches = "/".join(str(b) for b in sorted({c["batch"] for c in cases}))
@@ -64,12 +70,7 @@ def report_lines(result: ExportResult) -> list[str]:
     else:
         lines.append("  parity fp32: skipped (--skip-parity)")
     if result.int8 is not None:
-        q = result.int8
-        weights = "8-bit weights: wants a VNNI CPU" if q.settings.get("needs_vnni") else "7-bit weights: any x86 CPU"
-        lines.append(
-            f"  int8: argmax agreement {100 * q.agreement:.2f} % vs fp32, speed-up {q.speedup:.2f}x "
-            f"({q.fp32_ms:.1f} -> {q.int8_ms:.1f} ms, batch 1, {q.timing.get('threads')} thread; {weights})"
-        )
+        lines += int8_lines(result.int8, config["metrics"]["int8"])
     if "tensorrt" in config["metrics"]:
         t = config["metrics"]["tensorrt"]
         lines.append(
@@ -79,6 +80,30 @@ def report_lines(result: ExportResult) -> list[str]:
     lines += [f"  note: {note}" for note in result.onnx.notes]
     lines.append(f"bundle: {result.path}")
     return lines
+
+
+def int8_lines(q: Int8Result, metrics: dict) -> list[str]:
+    """The INT8 rows: gate agreement (validation images, photographs), weights and which CPUs run them, speed."""
+    sets = metrics.get("evaluation", {})
+    parts = [
+        f"{label} {100 * value:.2f} % over {sets.get(label, {}).get('images', '?')} images"
+        for label, value in q.agreements.items()
+    ]
+    weights = (
+        "8-bit weights: run on VNNI CPUs only (elsewhere the SDK falls back to fp32)"
+        if q.needs_vnni
+        else "7-bit weights: safe on every CPU"
+    )
+    timing = q.timing
+    here = timing.get("cpu", "")
+    if timing.get("exact_kernels"):
+        here += ", timed on exact u8 x u8 kernels: not the speed of a VNNI CPU"
+    return [
+        f"  int8: argmax agreement {100 * q.agreement:.2f} % vs fp32 (worse of {', '.join(parts)}; "
+        f"limit {100 * metrics.get('min_agreement', 0):g} %), {weights}",
+        f"  int8: speed-up {q.speedup:.2f}x ({q.fp32_ms:.1f} -> {q.int8_ms:.1f} ms, batch 1, "
+        f"{timing.get('threads')} thread, this CPU: {here}); tried {describe_attempts(metrics.get('attempts', []))}",
+    ]
 
 
 def print_report(result: ExportResult, stream: TextIO | None = None) -> None:

@@ -97,6 +97,20 @@ def sample_images(spec: str | None, count: int) -> ImageSet:
     return ImageSet(images=photos, source="scikit-image photographs")
 
 
+def evaluation_images(spec: str | None, count: int) -> ImageSet:
+    """`count` validation images: the dataset's evaluation split, else its training split, else the photographs."""
+    if spec:
+        for split in ("val", "train"):
+            try:
+                images = dataset_images(spec, count, split=split)
+            except (CosaError, OSError, ImportError) as err:
+                logger.info("no %s images of %s (%s)", split, spec, err)
+                continue
+            if images:
+                return ImageSet(images=images, source=f"dataset {spec} ({split})")
+    return sample_images(None, count)
+
+
 def prepare_batch(
     images: Sequence[np.ndarray], size: tuple[int, int], mean: Sequence[float], std: Sequence[float]
 ) -> np.ndarray:

@@ -257,13 +257,21 @@ def export_onnx(
     )
 
 
-def embed_metadata(path: str | Path, config: dict[str, Any]) -> None:
-    """Store cosa.json in the model's metadata_props (key "cosa.json"), so a lone .onnx file loads too."""
+def embed_metadata(path: str | Path, config: dict[str, Any], *, artifact: str | None = None) -> None:
+    """Store cosa.json in the model's metadata_props (key "cosa.json"), so a lone .onnx file loads too.
+
+    artifact: the file's key in cosa.json "artifacts" (key "cosa.artifact"): a lone INT8 file then follows
+    the SDK's CPU rule for its weights, whatever it is renamed to.
+    """
     import onnx
 
+    from cosa_sdk.backends import ARTIFACT_KEY
+
     model = onnx.load_model(str(path))
-    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    kept = [p for p in model.metadata_props if p.key not in (METADATA_KEY, ARTIFACT_KEY)]
     del model.metadata_props[:]
     model.metadata_props.extend(kept)
     model.metadata_props.add(key=METADATA_KEY, value=json.dumps(config, sort_keys=True))
+    if artifact:
+        model.metadata_props.add(key=ARTIFACT_KEY, value=artifact)
     onnx.save_model(model, str(path))

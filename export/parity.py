@@ -87,16 +87,21 @@ def parity_sizes(input_size: tuple[int, int], stride: int, dynamic: bool) -> lis
     return list(dict.fromkeys(sizes))
 
 
-def ort_session(path: str | Path, *, threads: int | None = None) -> Any:
+def ort_session(path: str | Path, *, threads: int | None = None, exact_int8: bool = False) -> Any:
     """A CPU ONNX Runtime session with the default (full) graph optimisations a user gets.
 
     Worker threads do not spin-wait: on a machine shared with other jobs spinning threads slow every run.
+    exact_int8: ONNX Runtime's u8 x u8 kernels, which never saturate (see `cosa_sdk.cpu`).
     """
     import onnxruntime as ort
+
+    from cosa_sdk.cpu import EXACT_KERNELS_OPTION
 
     options = ort.SessionOptions()
     options.log_severity_level = 3
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if exact_int8:
+        options.add_session_config_entry(EXACT_KERNELS_OPTION, "1")
     if threads:
         options.intra_op_num_threads = threads
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])

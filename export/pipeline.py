@@ -22,7 +22,7 @@ from cosa_sdk.export.bundle import (
     write_config,
     write_weights,
 )
-from cosa_sdk.export.images import prepare_batch, sample_images
+from cosa_sdk.export.images import evaluation_images, prepare_batch, sample_images, skimage_photos
 from cosa_sdk.export.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxExport, embed_metadata, export_onnx
 from cosa_sdk.export.parity import Comparison, ParityReport, ort_session, verify_parity
 from cosa_sdk.export.quantize import INT8_MIN_AGREEMENT, Int8Result, quantize_checked, quantize_int8
@@ -112,27 +112,37 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         if options.int8 and (options.calibration == "static" or options.tensorrt):
             calibration = _normalised(source, spec, options.calibration_images)
         int8 = None
+        int8_entries: dict[str, Any] = {}
         if options.int8:
+            validation, validation_source = _validation(source, spec, options.int8_eval_images)
+            photos = _photos(source, options.int8_eval_images)
             int8 = quantize_checked(
                 onnx.path,
                 stage / ONNX_INT8_NAME,
-                _normalised(source, spec, options.int8_eval_images),
+                validation,
+                photos=photos,
                 mode=options.calibration,
                 calibration=calibration,
                 min_agreement=options.int8_min_agreement,
             )
-            artifacts["onnx_int8"] = ONNX_INT8_NAME
-            metrics["int8"] = int8.metrics()
+            artifacts[int8.artifact] = int8.path.name  # ONNX_INT8_NAME, or ONNX_INT8_VNNI_NAME for 8-bit weights
+            metrics["int8"] = int8.metrics() | {
+                "evaluation": {
+                    "validation": {"images": len(validation), "source": validation_source},
+                    "photos": {"images": len(photos), "source": "scikit-image photographs"},
+                }
+            }
+            int8_entries[int8.artifact] = int8.bundle_entry(options.int8_min_agreement)
         if options.tensorrt:
             precision = trt_logic.engine_precision(fp16=options.fp16, int8=options.int8)
             name = trt_logic.engine_filename(precision)
             evaluation = prepare_batch(images.images, source.input_size, source.mean, source.std)
             metrics["tensorrt"] = _tensorrt(source, onnx, evaluation, calibration, stage / name, precision)
             artifacts["tensorrt"] = name
-        config = bundle_config(source, artifacts=artifacts, onnx=onnx.info(), metrics=metrics)
-        for name in (ONNX_NAME, ONNX_INT8_NAME):
-            if (stage / name).is_file():
-                embed_metadata(stage / name, config)
+        config = bundle_config(source, artifacts=artifacts, onnx=onnx.info(), metrics=metrics, int8=int8_entries)
+        for key, name in artifacts.items():
+            if key.startswith("onnx"):
+                embed_metadata(stage / name, config, artifact=key)
         write_config(stage, config)
         sizes = {key: (stage / name).stat().st_size for key, name in artifacts.items()}
     return ExportResult(
@@ -151,6 +161,24 @@ def _normalised(source: ExportSource, spec: str | None, count: int) -> np.ndarra
     images = sample_images(spec, count)
     logger.info("using %d images from %s", len(images.images), images.source)
     return prepare_batch(images.images, source.input_size, source.mean, source.std)
+
+
+def _validation(source: ExportSource, spec: str | None, count: int) -> tuple[np.ndarray, str]:
+    """The INT8 gate's validation images (the dataset's evaluation split when readable), normalised."""
+    images = evaluation_images(spec, count)
+    logger.info("INT8 agreement: %d validation images from %s", len(images.images), images.source)
+    return prepare_batch(images.images, source.input_size, source.mean, source.std), images.source
+
+
+def _photos(source: ExportSource, count: int) -> np.ndarray:
+    """The INT8 gate's photographs: scikit-image's sample photos, unlike any training set, normalised."""
+    photos = skimage_photos(count)
+    if not photos:
+        raise CosaModelError(
+            "the INT8 agreement check needs the scikit-image sample photographs: pip install scikit-image "
+            "(or drop --int8)"
+        )
+    return prepare_batch(photos, source.input_size, source.mean, source.std)
 
 
 def _tensorrt(

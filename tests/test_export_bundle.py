@@ -17,7 +17,10 @@ ort = pytest.importorskip("onnxruntime")
 from trained_model import CLASSES, cached_checkpoint, one_torch_thread, synthetic_scenes  # noqa: E402, F401 (one_torch_thread: autouse)
 
 import cosa_sdk  # noqa: E402
+from cosa_sdk import cpu  # noqa: E402
 from cosa_sdk.cli import main  # noqa: E402
+from cosa_sdk.errors import CosaModelError  # noqa: E402
+from cosa_sdk.export.quantize import SAFE_WEIGHT_MAX, max_abs_weight  # noqa: E402
 from cosa_sdk.training.checkpoint import build_network, load_checkpoint  # noqa: E402
 from cosa_sdk.training.network import SegmentationStream  # noqa: E402
 
@@ -41,6 +44,15 @@ def normalised(images: np.ndarray, config: dict) -> np.ndarray:
 
 def agreement(a: np.ndarray, b: np.ndarray) -> float:
     return float((a == b).mean())
+
+
+INT8_FILES = {"onnx_int8": "model.int8.onnx", "onnx_int8_vnni": "model.int8-vnni.onnx"}
+
+
+def int8_key(config: dict) -> str:
+    """The one INT8 artifact export wrote: 7-bit weights (any CPU) or 8-bit weights (VNNI CPUs only)."""
+    (key,) = [k for k in config["artifacts"] if k in INT8_FILES]
+    return key
 
 
 class BaseBundleTester:
@@ -72,20 +84,14 @@ class BaseBundleTester:
         assert config["classes"] == ["background", *CLASSES]
         assert config["input_size"] == [self.input_size, self.input_size]
         assert config["backbone"] == self.backbone
-        assert config["artifacts"] == {
-            "torch": "model.safetensors",
-            "onnx": "model.onnx",
-            "onnx_int8": "model.int8.onnx",
-        }
+        key = int8_key(config)
+        assert config["artifacts"] == {"torch": "model.safetensors", "onnx": "model.onnx", key: INT8_FILES[key]}
         assert config["onnx"]["input"] == "image" and config["onnx"]["output"] == "logits"
         assert config["onnx"]["opset"] >= 17 and config["onnx"]["dynamic"] is False
         assert config["network"] == "online"
-        assert sorted(p.name for p in bundle.iterdir()) == [
-            "cosa.json",
-            "model.int8.onnx",
-            "model.onnx",
-            "model.safetensors",
-        ]
+        assert sorted(p.name for p in bundle.iterdir()) == sorted(
+            ["cosa.json", INT8_FILES[key], "model.onnx", "model.safetensors"]
+        )
         parity = config["metrics"]["parity"]
         assert parity["relative_diff"] <= 1e-3 and parity["argmax_agreement"] >= 0.999
         assert parity["image_source"].startswith("dataset custom:")
@@ -96,18 +102,22 @@ class BaseBundleTester:
 
     def test_report_lists_artifacts_parity_int8_and_path(self, exported: tuple[Path, str], config: dict) -> None:
         bundle, report = exported
-        for name in ("model.safetensors", "model.onnx", "model.int8.onnx"):
+        for name in config["artifacts"].values():
             assert name in report
         assert "parity fp32: max |logit diff|" in report and "over 8 images (dataset custom:" in report
-        speedup = config["metrics"]["int8"]["speedup"]
-        assert f"speed-up {speedup:.2f}x" in report and "int8: argmax agreement" in report
+        int8 = config["metrics"]["int8"]
+        assert f"speed-up {int8['speedup']:.2f}x" in report and "int8: argmax agreement" in report
+        validation, photos = (100 * int8["agreement"][k] for k in ("validation", "photos"))
+        count = int8["evaluation"]["photos"]["images"]
+        assert f"validation {validation:.2f} % over 16 images, photos {photos:.2f} % over {count} images" in report
+        assert ("VNNI CPUs only" if int8["needs_vnni"] else "safe on every CPU") in report
         assert report.strip().endswith(f"bundle: {bundle}")
 
     def test_onnx_metadata_carries_cosa_json(self, bundle: Path, config: dict) -> None:
-        for name in ("model.onnx", "model.int8.onnx"):
-            model = onnx.load(str(bundle / name), load_external_data=False)
+        for key in ("onnx", int8_key(config)):
+            model = onnx.load(str(bundle / config["artifacts"][key]), load_external_data=False)
             meta = {p.key: p.value for p in model.metadata_props}
-            assert json.loads(meta["cosa.json"]) == config
+            assert json.loads(meta["cosa.json"]) == config and meta["cosa.artifact"] == key
 
     def test_fixed_graph_has_free_batch_only(self, bundle: Path) -> None:
         model = onnx.load(str(bundle / "model.onnx"))
@@ -142,17 +152,59 @@ class BaseBundleTester:
         assert agreement(masks, truth) > 0.7  # a trained model, not a constant one
         assert len(np.unique(masks)) > 1
 
-    def test_int8_agrees_with_fp32_and_reports_speed(
-        self, bundle: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
-    ) -> None:
-        int8 = config["metrics"]["int8"]
-        assert int8["mode"] == "static" and int8["format"] == "QDQ" and int8["argmax_agreement"] >= 0.98
+    def test_int8_gate_metrics_and_weights(self, bundle: Path, config: dict) -> None:
+        int8, key = config["metrics"]["int8"], int8_key(config)
+        assert int8["mode"] == "static" and int8["format"] == "QDQ" and int8["artifact"] == key
+        assert set(int8["agreement"]) == {"validation", "photos"}  # the gate: the worse of the two
+        assert int8["argmax_agreement"] == min(int8["agreement"].values()) >= 0.98
+        assert int8["evaluation"]["photos"]["source"] == "scikit-image photographs"
+        assert int8["evaluation"]["photos"]["images"] >= 5 and int8["evaluation"]["validation"]["images"] == 16
+        assert int8["evaluation"]["validation"]["source"].startswith("dataset custom:")
         assert int8["speedup"] > 0 and int8["quantized_nodes"] > 0
         assert int8["attempts"][0]["reduce_range"] is True  # the portable 7-bit weights are tried first
-        assert int8["needs_vnni"] is (not int8["reduce_range"])
-        fp32 = cosa_sdk.load(bundle, backend="onnxruntime").segment(list(scenes[0]))
-        q8 = cosa_sdk.load(bundle, backend="onnxruntime-int8").segment(list(scenes[0]))
-        assert agreement(np.stack([r.mask for r in q8]), np.stack([r.mask for r in fp32])) >= 0.98
+        assert int8["needs_vnni"] is (key == "onnx_int8_vnni") is (not int8["reduce_range"])
+        assert config["int8"] == {
+            key: {"weight_bits": int8["weight_bits"], "agreement": int8["agreement"], "min_agreement": 0.98}
+        }
+        largest = max_abs_weight(onnx.load(str(bundle / config["artifacts"][key])))
+        assert (largest <= SAFE_WEIGHT_MAX) is (int8["weight_bits"] == 7)  # the width is that of the weights
+
+    @pytest.mark.parametrize(
+        ("claimed", "hardware"),
+        [
+            ("avx2 fma", None),  # a CPU without VNNI
+            ("avx2 avx512_vnni", None),  # a CPU with VNNI
+            ("avx2 avx_vnni", "avx2 fma"),  # told VNNI on hardware without it: 8-bit weights on exact kernels
+        ],
+    )
+    def test_int8_choice_and_agreement_for_each_cpu(
+        self, claimed: str, hardware: str | None, bundle: Path, config: dict, scenes, monkeypatch
+    ) -> None:
+        """The SDK's INT8 choice for either CPU answer, and its masks against fp32 on held-out scenes.
+
+        8-bit weights run either on VNNI or on ONNX Runtime's exact kernels, never on saturating ones, so the
+        masks are the same on every machine this test runs on.
+        """
+        monkeypatch.setenv(cpu.ENV_VAR, claimed)
+        if hardware is not None:
+            monkeypatch.setattr(cpu, "hardware", lambda: cpu.CpuInfo(cpu.parse_flags(hardware), "test"))
+        key = int8_key(config)
+        vnni = "vnni" in claimed
+        fp32 = np.stack([r.mask for r in cosa_sdk.load(bundle, backend="onnxruntime").segment(list(scenes[0]))])
+        seg = cosa_sdk.load(bundle)  # auto: the gated INT8 model when this CPU may run it
+        if key == "onnx_int8_vnni" and not vnni:
+            assert seg.backend == "onnxruntime" and "int8" not in seg.info()
+            assert any("8-bit weights" in note and "VNNI" in note for note in seg.notes)
+            with pytest.raises(CosaModelError, match="need a CPU with VNNI"):
+                cosa_sdk.load(bundle, backend="onnxruntime-int8")
+            return
+        assert seg.backend == "onnxruntime-int8" and seg.notes == []
+        chosen = seg.info()["int8"]
+        assert chosen["artifact"] == key and chosen["file"] == INT8_FILES[key] and chosen["gated"] is True
+        assert chosen["cpu"]["vnni"] is vnni and chosen["reason"]
+        assert chosen["exact_kernels"] is (key == "onnx_int8_vnni" and not cpu.hardware().vnni)
+        q8 = np.stack([r.mask for r in seg.segment(list(scenes[0]))])
+        assert agreement(q8, fp32) >= 0.98
 
     def test_safetensors_rebuild_the_torch_stream(
         self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
@@ -185,8 +237,8 @@ class TestViTBundle(BaseBundleTester):
         assert ops.count("LayerNormalization") == 2 * 12 + 1  # two per block + the final norm
         assert "ReduceMean" not in ops
 
-    def test_int8_keeps_layernorm_and_softmax_in_fp32(self, bundle: Path) -> None:
-        model = onnx.load(str(bundle / "model.int8.onnx"))
+    def test_int8_keeps_layernorm_and_softmax_in_fp32(self, bundle: Path, config: dict) -> None:
+        model = onnx.load(str(bundle / config["artifacts"][int8_key(config)]))
         dequantized = {out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
         sensitive = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
         assert len(sensitive) == 25 + 12

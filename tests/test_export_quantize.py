@@ -13,9 +13,11 @@ pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 from trained_model import cached_checkpoint, one_torch_thread  # noqa: E402, F401 (one_torch_thread: autouse)
 
+from cosa_sdk import cpu  # noqa: E402
 from cosa_sdk.cli import main  # noqa: E402
 from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
 from cosa_sdk.export import quantize  # noqa: E402
+from cosa_sdk.export.parity import ort_session  # noqa: E402
 from cosa_sdk.export.quantize import Int8Result, has_vnni, quantization_plan  # noqa: E402
 
 
@@ -86,40 +88,116 @@ def test_candidates_try_portable_weights_first_then_dynamic(tmp_path: Path) -> N
 @pytest.mark.parametrize(
     ("agreements", "expected"),
     [
-        ([0.99, 0.999], ("static", True)),  # portable and clear of the limit: taken at once
-        ([0.982, 0.99, 0.97, 0.97], ("static", False)),  # 7-bit too close to the limit, 8-bit better
-        ([0.982, 0.97, 0.97, 0.975], ("static", True)),  # nothing better: the 7-bit one that passed
-        ([0.95, 0.96, 0.97, 0.985], ("dynamic", False)),  # static cannot, dynamic can
-        ([0.95, 0.96, 0.97, 0.975], None),  # none: refused, with every attempt in the message
+        ([(0.99, 0.995), (0.999, 0.999)], ("static", True)),  # portable and clear of the limit: taken at once
+        ([(0.99, 0.982), (0.99, 0.99), (0.97, 0.97)], ("static", False)),  # 7-bit only just passes, 8-bit clear
+        ([(0.982, 0.99), (0.983, 0.99), (0.97, 0.97), (0.975, 0.99)], ("static", True)),  # none clear: 7-bit
+        ([(0.95, 0.99), (0.983, 0.99), (0.97, 0.97), (0.975, 0.99)], ("static", False)),  # only 8-bit passes
+        ([(0.95, 0.99), (0.96, 0.99), (0.97, 0.99), (0.985, 0.99)], ("dynamic", False)),  # static cannot, dynamic can
+        ([(0.99, 0.97), (0.99, 0.975), (0.99, 0.96), (0.99, 0.979)], None),  # photos fail: refused, with each attempt
     ],
 )
 def test_quantize_checked_picks_the_first_good_candidate(agreements, expected, tmp_path: Path, monkeypatch) -> None:
+    """Each candidate's (validation, photos) agreement; the gate is the worse of the two."""
     onnx.save(cnn_like(with_matmul=True), tmp_path / "fp32.onnx")
     scores = iter(agreements)
 
     def fake_quantize(fp32_path, path, *, mode, calibration, reduce_range, prepared):
         assert prepared.is_file()  # ONNX Runtime's pre-pass ran once, for every candidate
         Path(path).write_text(f"{mode} {reduce_range}")
-        return Int8Result(path=Path(path), mode=mode, settings={"reduce_range": reduce_range}, quantized_nodes=1)
+        settings = {"reduce_range": reduce_range}
+        bits = 7 if reduce_range else 8
+        return Int8Result(path=Path(path), mode=mode, settings=settings, quantized_nodes=1, weight_bits=bits)
 
-    def fake_measure(result, fp32_path, images, *, repeats=10, threads=1):
+    def fake_measure(result, fp32_path, images, *, photos=None, repeats=10, threads=1):
+        assert photos is not None
         if repeats == 0:
-            result.agreement = next(scores)
+            result.agreements = dict(zip(("validation", "photos"), next(scores)))
+            result.agreement = min(result.agreements.values())
         return result
 
     monkeypatch.setattr(quantize, "quantize_int8", fake_quantize)
     monkeypatch.setattr(quantize, "measure_int8", fake_measure)
     out = tmp_path / "model.int8.onnx"
+    images = np.zeros((1, 3, 8, 8), np.float32)
     if expected is None:
-        with pytest.raises(CosaModelError, match=r"static 7-bit 95\.00 %.*dynamic 8-bit 97\.50 %.*drop --int8"):
-            quantize.quantize_checked(tmp_path / "fp32.onnx", out, np.zeros((1, 3, 8, 8), np.float32))
-        assert not out.exists()
+        with pytest.raises(CosaModelError, match=r"static 7-bit 97\.00 %.*dynamic 8-bit 97\.90 %.*drop --int8"):
+            quantize.quantize_checked(tmp_path / "fp32.onnx", out, images, photos=images)
+        written = []
     else:
-        result = quantize.quantize_checked(tmp_path / "fp32.onnx", out, np.zeros((1, 3, 8, 8), np.float32))
+        result = quantize.quantize_checked(tmp_path / "fp32.onnx", out, images, photos=images)
         assert (result.mode, result.settings["reduce_range"]) == expected
-        assert out.read_text() == f"{expected[0]} {expected[1]}" and result.path == out
-        assert result.settings["needs_vnni"] is (not expected[1])
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fp32.onnx"] + ([out.name] if expected else []))
+        target = out if expected[1] else tmp_path / "model.int8-vnni.onnx"  # 8-bit weights: the VNNI-only file
+        assert target.read_text() == f"{expected[0]} {expected[1]}" and result.path == target
+        assert result.needs_vnni is (not expected[1])
+        assert result.artifact == ("onnx_int8" if expected[1] else "onnx_int8_vnni")
+        (attempt,) = [t for t in result.settings["attempts"] if (t["mode"], t["reduce_range"]) == expected]
+        assert result.metrics()["agreement"] == attempt["agreement"] and attempt["weight_bits"] == result.weight_bits
+        written = [target.name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["fp32.onnx", *written])
+
+
+def matmul_graph(weights: np.ndarray) -> onnx.ModelProto:
+    """x (1 x K float) @ weights (K x N): the shape of a quantised Linear layer."""
+    body = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, weights.shape[0]])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, weights.shape[1]])],
+        initializer=[numpy_helper.from_array(weights.astype(np.float32), "w")],
+    )
+    return helper.make_model(body, opset_imports=[helper.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize(("reduce_range", "bits", "largest"), [(True, 7, 64), (False, 8, 127)])
+def test_weight_width_is_read_from_the_written_weights(reduce_range, bits, largest, tmp_path: Path) -> None:
+    weights = np.random.default_rng(0).normal(size=(32, 8))
+    onnx.save(matmul_graph(weights), tmp_path / "fp32.onnx")
+    calibration = np.random.default_rng(1).uniform(0, 1, size=(4, 32)).astype(np.float32)
+    result = quantize.quantize_int8(
+        tmp_path / "fp32.onnx", tmp_path / "q.onnx", calibration=calibration, reduce_range=reduce_range
+    )
+    assert quantize.max_abs_weight(onnx.load(str(tmp_path / "q.onnx"))) == largest
+    assert result.weight_bits == bits and result.needs_vnni is (bits == 8)
+
+
+def avx2_u8s8_dot(activations: np.ndarray, weights: np.ndarray) -> int:
+    """What an AVX2 CPU without VNNI computes for a u8 x s8 dot product: `pmaddubsw` adds each pair of
+    products into a saturating int16, then `pmaddwd` sums the pairs in int32."""
+    pairs = activations.astype(np.int32).reshape(-1, 2) * weights.astype(np.int32).reshape(-1, 2)
+    return int(np.clip(pairs.sum(axis=1), -32768, 32767).sum())
+
+
+def test_seven_bit_weights_cannot_saturate_the_avx2_kernel() -> None:
+    """The non-VNNI arithmetic, simulated: with |w| <= 64 every pair fits in int16, with 8-bit weights it does not."""
+    activations = np.full(64, 255, dtype=np.uint8)  # the worst case: every activation at its largest
+    for bound in (quantize.SAFE_WEIGHT_MAX, -quantize.SAFE_WEIGHT_MAX):
+        weights = np.full(64, bound, dtype=np.int8)
+        assert avx2_u8s8_dot(activations, weights) == int(activations.astype(np.int64) @ weights)
+    weights = np.full(64, 127, dtype=np.int8)
+    assert avx2_u8s8_dot(activations, weights) < int(activations.astype(np.int64) @ weights)  # saturated
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        a = rng.integers(0, 256, 64).astype(np.uint8)
+        w = rng.integers(-quantize.SAFE_WEIGHT_MAX, quantize.SAFE_WEIGHT_MAX + 1, 64).astype(np.int8)
+        assert avx2_u8s8_dot(a, w) == int(a.astype(np.int64) @ w.astype(np.int64))
+
+
+def test_exact_kernels_give_the_unsaturated_result_on_any_cpu(tmp_path: Path) -> None:
+    """What export measures 8-bit weights with on a CPU without VNNI: ONNX Runtime's u8 x u8 kernels, exact.
+
+    The graph is built to saturate AVX2's u8 x s8 kernels (activations 255, weights 127).
+    """
+    onnx.save(matmul_graph(np.full((64, 8), 127.0)), tmp_path / "fp32.onnx")
+    calibration = np.full((2, 64), 255.0, np.float32)
+    result = quantize.quantize_int8(
+        tmp_path / "fp32.onnx", tmp_path / "q.onnx", calibration=calibration, reduce_range=False
+    )
+    assert result.weight_bits == 8
+    exact = ort_session(tmp_path / "q.onnx", exact_int8=True).run(None, {"x": calibration[:1]})[0]
+    np.testing.assert_allclose(exact, np.full((1, 8), 255.0 * 127 * 64), rtol=1e-3)
+    if cpu.hardware().vnni:  # VNNI adds into int32: exact with the fast kernels too
+        fast = ort_session(tmp_path / "q.onnx").run(None, {"x": calibration[:1]})[0]
+        np.testing.assert_allclose(fast, exact, rtol=1e-6)
 
 
 @pytest.mark.slow  # a second INT8 export of the ViT (~7 s); the static one runs by default

@@ -1,23 +1,148 @@
 """Inference backends (ONNX Runtime, TensorRT, torch) and the choice between them.
 
 `backend="auto"` takes the fastest that can run here: TensorRT when the bundle has an engine, the
-`tensorrt` package imports and a GPU is visible; else ONNX Runtime fp32 (CUDA when the session
-really got the CUDA provider, CPU otherwise); else the torch backend. INT8 is used only when asked
-for ("onnxruntime-int8"). Each skipped option leaves a note saying why.
+`tensorrt` package imports and a GPU is visible; else ONNX Runtime fp32 on CUDA when the session really
+gets the CUDA provider; else, on a CPU, the INT8 model when one passed its agreement gate (on validation
+images and photographs) and its weights are safe on this CPU; else ONNX Runtime fp32; else torch.
+Each skipped option leaves a note saying why.
+
+INT8 artifacts (`choose_int8`): `onnx_int8` has 7-bit weights, safe on every CPU; `onnx_int8_vnni` has
+8-bit weights, used only on CPUs with VNNI (see `cosa_sdk.cpu`: elsewhere ONNX Runtime's u8 x s8 kernels
+saturate). A bundle whose only INT8 model needs VNNI runs fp32 on other CPUs (auto) or is refused
+(backend="onnxruntime-int8"); it is never run saturated.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from cosa_sdk import cpu as cpu_features
 from cosa_sdk.errors import CosaInputError, CosaModelError
 
 if TYPE_CHECKING:
     from cosa_sdk.backends.base import Backend
-    from cosa_sdk.bundle import Bundle
+    from cosa_sdk.backends.onnxruntime import OnnxRuntimeBackend
+    from cosa_sdk.bundle import Bundle, Int8Variant
 
 BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "tensorrt", "torch")
+INT8_ARTIFACTS = ("onnx_int8_vnni", "onnx_int8")  # preference order where both can run
+ARTIFACT_KEY = "cosa.artifact"  # ONNX metadata: which bundle artifact a lone .onnx file is
+
+
+@dataclass(frozen=True)
+class Int8Choice:
+    """The INT8 artifact to run on this CPU (None: none can) and the reason, for notes and `seg.info()`."""
+
+    key: str | None
+    reason: str
+    variant: Int8Variant | None = None
+    cpu: cpu_features.CpuInfo | None = None
+
+    def describe(self, file: str) -> dict[str, Any]:
+        variant = self.variant
+        return {
+            "artifact": self.key,
+            "file": file,
+            "weight_bits": variant.weight_bits if variant else None,
+            "needs_vnni": variant.needs_vnni if variant else None,
+            "agreement": dict(variant.agreement) if variant else {},
+            "gated": variant.gated if variant else False,
+            "cpu": self.cpu.as_dict() if self.cpu else None,
+            "exact_kernels": cpu_features.exact_kernels_needed(variant.weight_bits if variant else None),
+            "reason": self.reason,
+        }
+
+
+def _weights(variant: Int8Variant, file: str) -> str:
+    if variant.weight_bits is None:
+        return f"{file} (weight width not recorded: exported by an older cosa-sdk)"
+    return f"{file} ({variant.weight_bits}-bit weights)"
+
+
+def choose_int8(bundle: Bundle, cpu: cpu_features.CpuInfo | None = None, *, gated_only: bool = False) -> Int8Choice:
+    """Which INT8 artifact of `bundle` to run on `cpu` (default: `cosa_sdk.cpu.current()`), and why.
+
+    8-bit weights are never chosen on a CPU without VNNI. `gated_only` (what `auto` asks): only artifacts that
+    passed the export's agreement gate on validation images and photographs.
+    """
+    cpu = cpu or cpu_features.current()
+    present = [key for key in INT8_ARTIFACTS if key in bundle.artifacts]
+    if not present:
+        return Int8Choice(None, "the bundle has no INT8 model (export it with --int8)", cpu=cpu)
+    refused: list[str] = []
+    for key in present:
+        variant, file = bundle.int8_variant(key), bundle.artifacts[key]
+        if not bundle.has(key):
+            refused.append(f"{file} is missing from the bundle")
+        elif variant.needs_vnni and not cpu.vnni:
+            refused.append(
+                f"{file} has 8-bit weights, which need a CPU with VNNI ({' / '.join(cpu_features.VNNI_FLAGS)}); "
+                f"this CPU has {cpu.describe()}, where ONNX Runtime's u8 x s8 kernels would saturate"
+            )
+        elif gated_only and not variant.gated:
+            refused.append(
+                f"{file} has no recorded agreement gate on validation images and photographs (re-export it with "
+                "this cosa-sdk); it is used only when asked for (backend='onnxruntime-int8')"
+                if variant.min_agreement is None
+                else f"{file} did not pass its agreement gate"
+            )
+        else:
+            why = "safe on every CPU" if variant.needs_vnni is False else f"this CPU has {cpu.describe()}"
+            if variant.needs_vnni is None:
+                why = "no metadata to check against this CPU"
+            gate = variant.gate_agreement
+            agreed = f", {100 * gate:.2f} % agreement with fp32" if gate is not None else ""
+            skipped = f" (not {'; '.join(refused)})" if refused else ""
+            return Int8Choice(key, f"{_weights(variant, file)}: {why}{agreed}{skipped}", variant, cpu)
+    return Int8Choice(None, "; ".join(refused), cpu=cpu)
+
+
+def lone_onnx_artifact(metadata: dict[str, str], filename: str) -> str | None:
+    """Which bundle artifact a lone .onnx file is: its "cosa.artifact" metadata, else its name in cosa.json."""
+    import json
+
+    if metadata.get(ARTIFACT_KEY):
+        return metadata[ARTIFACT_KEY]
+    try:
+        artifacts = json.loads(metadata.get("cosa.json", "{}")).get("artifacts") or {}
+    except (ValueError, AttributeError):
+        return None
+    return next((str(k) for k, v in artifacts.items() if v == filename), None) if isinstance(artifacts, dict) else None
+
+
+def open_lone_onnx(
+    path: Path, name: str, *, providers: Sequence[str] | None, threads: int | None
+) -> tuple[OnnxRuntimeBackend, Bundle]:
+    """A lone cosa-sdk .onnx file on ONNX Runtime, with its bundle from the metadata.
+
+    An INT8 file follows the same CPU rule as in a bundle: 8-bit weights are refused on a CPU without VNNI,
+    whatever backend was asked for.
+    """
+    import dataclasses
+
+    from cosa_sdk.backends.onnxruntime import CPU, OnnxRuntimeBackend
+    from cosa_sdk.bundle import bundle_from_onnx_metadata
+
+    int8 = name == "onnxruntime-int8"
+    runner = OnnxRuntimeBackend(
+        path,
+        name="onnxruntime-int8" if int8 else "onnxruntime",
+        providers=[CPU] if int8 else providers,
+        threads=threads,
+    )
+    metadata = runner.metadata
+    bundle = bundle_from_onnx_metadata(metadata, path)
+    key = lone_onnx_artifact(metadata, path.name)
+    if key not in INT8_ARTIFACTS:
+        return runner, bundle
+    choice = choose_int8(dataclasses.replace(bundle, artifacts={key: path.name}))
+    runner.close()
+    if choice.key is None:
+        raise CosaModelError(f"{path} cannot run on this CPU: {choice.reason}")
+    return _open_int8(dataclasses.replace(bundle, artifacts={key: path.name}), choice, threads=threads), bundle
 
 
 def check_backend_name(name: str) -> str:
@@ -53,25 +178,85 @@ def _open(bundle: Bundle, name: str, *, providers: Sequence[str] | None, threads
         from cosa_sdk.backends.torch import TorchBackend
 
         return TorchBackend(bundle.artifact("torch"), bundle.config.get("model_config"))
-    from cosa_sdk.backends.onnxruntime import CPU, OnnxRuntimeBackend
+    from cosa_sdk.backends.onnxruntime import OnnxRuntimeBackend
 
-    int8 = name == "onnxruntime-int8"
+    if name == "onnxruntime-int8":
+        choice = choose_int8(bundle)
+        if choice.key is None:
+            if not any(key in bundle.artifacts for key in INT8_ARTIFACTS):
+                bundle.artifact("onnx_int8")  # raises, naming the export command
+            raise CosaModelError(f"no INT8 model of {bundle.source} can run on this CPU: {choice.reason}")
+        return _open_int8(bundle, choice, threads=threads)
     return OnnxRuntimeBackend(
-        bundle.artifact("onnx_int8" if int8 else "onnx"),
+        bundle.artifact("onnx"),
         name=name,
         input_name=bundle.onnx.input,
         output_name=bundle.onnx.output,
-        # quantised graphs are a CPU format; the CUDA provider would fall back op by op
-        providers=[CPU] if int8 else providers,
+        providers=providers,
         threads=threads,
     )
+
+
+def _open_int8(bundle: Bundle, choice: Int8Choice, *, threads: int | None) -> OnnxRuntimeBackend:
+    from cosa_sdk.backends.onnxruntime import CPU, OnnxRuntimeBackend
+
+    assert choice.key is not None and choice.variant is not None
+    return OnnxRuntimeBackend(
+        bundle.artifact(choice.key),
+        name="onnxruntime-int8",
+        input_name=bundle.onnx.input,
+        output_name=bundle.onnx.output,
+        # quantised graphs are a CPU format; the CUDA provider would fall back op by op
+        providers=[CPU],
+        threads=threads,
+        exact_int8=cpu_features.exact_kernels_needed(choice.variant.weight_bits),
+        int8=choice.describe(bundle.artifacts[choice.key]),
+    )
+
+
+def _cuda_requested(providers: Sequence[str] | None) -> bool:
+    from cosa_sdk.backends.onnxruntime import CUDA, default_providers
+
+    return CUDA in list(providers or default_providers())
+
+
+def _int8_on_cpu(
+    bundle: Bundle, notes: list[str], *, providers: Sequence[str] | None, threads: int | None
+) -> Backend | None:
+    """`auto`'s INT8 step: the gated INT8 model for this CPU, unless the fp32 model really runs on CUDA."""
+    choice = choose_int8(bundle, gated_only=True)
+    if choice.key is None:
+        notes.append(f"onnxruntime-int8: {choice.reason}")
+        return None
+    if bundle.has("onnx") and _cuda_requested(providers):
+        try:
+            fp32 = _open(bundle, "onnxruntime", providers=providers, threads=threads)
+        except CosaModelError as err:
+            notes.append(f"onnxruntime: {err}")
+        else:
+            if fp32.device == "cuda":
+                notes.append("onnxruntime-int8: not used: the fp32 model runs on CUDA")
+                return fp32
+            fp32.close()
+    try:
+        return _open_int8(bundle, choice, threads=threads)
+    except CosaModelError as err:
+        notes.append(f"onnxruntime-int8: {err}")
+        return None
 
 
 def _auto(bundle: Bundle, *, providers: Sequence[str] | None, threads: int | None) -> tuple[Backend, list[str]]:
     from cosa_sdk.backends import tensorrt
 
     notes: list[str] = []
-    for name, artifact in (("tensorrt", "tensorrt"), ("onnxruntime", "onnx"), ("torch", "torch")):
+    steps = (("tensorrt", "tensorrt"), ("onnxruntime-int8", ""), ("onnxruntime", "onnx"), ("torch", "torch"))
+    for name, artifact in steps:
+        if name == "onnxruntime-int8":
+            if any(key in bundle.artifacts for key in INT8_ARTIFACTS):
+                backend = _int8_on_cpu(bundle, notes, providers=providers, threads=threads)
+                if backend is not None:
+                    return backend, notes
+            continue
         if artifact not in bundle.artifacts:
             continue
         if not bundle.has(artifact):
@@ -84,6 +269,4 @@ def _auto(bundle: Bundle, *, providers: Sequence[str] | None, threads: int | Non
             return _open(bundle, name, providers=providers, threads=threads), notes
         except CosaModelError as err:
             notes.append(f"{name}: {err}")
-    if bundle.has("onnx_int8"):
-        notes.append("onnxruntime-int8: present but only used when asked for (backend='onnxruntime-int8')")
     raise CosaModelError(f"no backend can run the bundle {bundle.source}: " + "; ".join(notes or ["no artifacts"]))

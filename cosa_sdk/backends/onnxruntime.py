@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from cosa_sdk.backends.base import Backend
+from cosa_sdk.cpu import EXACT_KERNELS_OPTION
 from cosa_sdk.errors import CosaModelError
 
 CUDA = "CUDAExecutionProvider"
@@ -32,14 +33,26 @@ def default_providers() -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def create_session(path: str | Path, *, providers: Sequence[str] | None = None, threads: int | None = None) -> Any:
-    """An InferenceSession with full graph optimisation; load failures become CosaModelError."""
+def create_session(
+    path: str | Path,
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+    exact_int8: bool = False,
+) -> Any:
+    """An InferenceSession with full graph optimisation; load failures become CosaModelError.
+
+    exact_int8: run int8 products on ONNX Runtime's u8 x u8 kernels, which never saturate (slower; only
+    acts on x64 CPUs without VNNI, see `cosa_sdk.cpu`).
+    """
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
     if threads:
         options.intra_op_num_threads = int(threads)
+    if exact_int8:
+        options.add_session_config_entry(EXACT_KERNELS_OPTION, "1")
     try:
         return ort.InferenceSession(str(path), sess_options=options, providers=list(providers or default_providers()))
     except Exception as err:  # ORT raises its own pybind exception types
@@ -71,10 +84,14 @@ class OnnxRuntimeBackend(Backend):
         output_name: str = "logits",
         providers: Sequence[str] | None = None,
         threads: int | None = None,
+        exact_int8: bool = False,
+        int8: dict[str, Any] | None = None,
     ) -> None:
         self.path = Path(path)
         self.name = name
-        self.session = create_session(self.path, providers=providers, threads=threads)
+        self.int8 = int8  # which INT8 artifact was chosen and why (see `cosa_sdk.backends.choose_int8`)
+        exact = {"exact_int8": True} if exact_int8 else {}  # only when needed: fp32 sessions are made as before
+        self.session = create_session(self.path, providers=providers, threads=threads, **exact)
         self.providers = list(self.session.get_providers())
         self.device = "cuda" if CUDA in self.providers else "cpu"
         graph_input = _pick(self.session.get_inputs(), input_name, "input", self.path)
@@ -107,4 +124,7 @@ class OnnxRuntimeBackend(Backend):
         return logits.astype(np.float32, copy=False)
 
     def describe(self) -> dict[str, object]:
-        return {**super().describe(), "providers": self.providers, "path": str(self.path)}
+        info: dict[str, object] = {**super().describe(), "providers": self.providers, "path": str(self.path)}
+        if self.int8 is not None:
+            info["int8"] = self.int8
+        return info
