@@ -1,4 +1,5 @@
-"""Load test of `cosa serve` over loopback: requests/s, p50 and p99 at 1, 8 and 32 clients, batching on and off.
+"""Load test of `cosa serve` over loopback: requests/s, p50 and p99 at 1, 8 and 32 clients, batching on and off;
+and bursts: 50 and 200 uploads sent at the same moment to a server with default settings.
 
 The model is a realistic one for serving: the project's deployable segmentation stream (a timm ViT
 backbone + LargeFOV decoder, logits upsampled in the graph) exported to ONNX into a bundle, with
@@ -6,8 +7,14 @@ random weights (speed does not depend on them). `--bundle PATH` load-tests an ex
 Each client keeps one HTTP connection and posts VOC-sized JPEGs (500x375) to /segment back to back.
 Every point is bounded in time and count; any failed request is reported and makes the exit code 1.
 
-    python benchmarks/serve_load.py            # about 4 minutes on 2 CPU cores
-    python benchmarks/serve_load.py --quick    # about 1.5 minutes: shorter points, smaller input
+A burst opens one connection per client and sends all uploads at once (a barrier), like a script
+posting a folder of images in parallel; it reports the share served, p50/p99 of the served requests,
+the refusals (503 with Retry-After: the admission queue was full) and errors (anything else). The
+target is 100 % served at 50 concurrent uploads on 2 cores. Burst results go to serve_burst.json.
+
+    python benchmarks/serve_load.py                    # about 5 minutes on 2 CPU cores
+    python benchmarks/serve_load.py --quick            # about 2 minutes: shorter points, smaller input
+    python benchmarks/serve_load.py --scenario burst   # the bursts only, about 1.5 minutes
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 import uuid
 from pathlib import Path
 from typing import Any
@@ -35,6 +43,8 @@ from PIL import Image
 from cosa_sdk.serving.launcher import LocalServer, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
+BURST_RESULTS = Path(__file__).resolve().parent / "results" / "serve_burst.json"
+BURST_TARGET = {"clients": 50, "served_share": 1.0}
 CLASSES = ["background", *(f"class_{i}" for i in range(1, 21))]  # VOC-sized head: 21 outputs
 
 
@@ -161,6 +171,140 @@ class LoadPoint:
         return self
 
 
+class Burst:
+    """`clients` threads, each with its own new connection, posting one upload the moment all are ready."""
+
+    def __init__(self, url: str, bodies: list[tuple[bytes, str]], clients: int) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        self.address = (host, int(port))
+        self.bodies = bodies
+        self.clients = clients
+        self.barrier = threading.Barrier(clients)
+        self.replies: list[tuple[int | None, float, str | None, str]] = []  # status, seconds, Retry-After, error
+        self._lock = threading.Lock()
+        self.wall = 0.0
+        self.load = 0.0
+
+    def _client(self, index: int) -> None:
+        body, content_type = self.bodies[index % len(self.bodies)]
+        connection = http.client.HTTPConnection(*self.address, timeout=120)
+        self.barrier.wait(timeout=60)
+        start = time.perf_counter()
+        status, retry_after, error = None, None, ""
+        try:
+            connection.request("POST", "/segment", body=body, headers={"Content-Type": content_type})
+            response = connection.getresponse()
+            payload = response.read()
+            status, retry_after = response.status, response.getheader("Retry-After")
+            if status == 200 and not payload.startswith(b"\x89PNG"):
+                error = f"HTTP 200 without a PNG: {payload[:80]!r}"
+            elif status != 200:
+                error = f"HTTP {status}: {payload[:160]!r}"
+        except (OSError, http.client.HTTPException) as err:
+            error = f"{type(err).__name__}: {err}"
+        finally:
+            connection.close()
+        with self._lock:
+            self.replies.append((status, time.perf_counter() - start, retry_after, error))
+
+    def run(self) -> Burst:
+        self.load = round(os.getloadavg()[0], 2)
+        start = time.perf_counter()
+        with concurrent.futures.ThreadPoolExecutor(self.clients) as pool:
+            list(pool.map(self._client, range(self.clients)))
+        self.wall = time.perf_counter() - start
+        return self
+
+    def summary(self) -> dict[str, Any]:
+        served: list[float] = []
+        retry_after: list[int] = []  # one per refusal: 503 with a Retry-After of whole seconds
+        errors: list[str] = []  # anything else, a 503 without Retry-After included
+        for status, seconds, retry, error in self.replies:
+            if status == 200 and not error:
+                served.append(seconds)
+            elif status == 503 and retry is not None and retry.isdigit():
+                retry_after.append(int(retry))
+            else:
+                errors.append(error)
+        served.sort()
+        retry_after.sort()
+
+        def quantile(q: float) -> float | None:
+            return round(served[min(len(served) - 1, round(q * (len(served) - 1)))] * 1000, 1) if served else None
+
+        return {
+            "clients": self.clients,
+            "served": len(served),
+            "refused_503_retry_after": len(retry_after),
+            "errors": len(errors),
+            "error_samples": errors[:3],
+            "served_share": round(len(served) / self.clients, 4),
+            "p50_ms": quantile(0.50),
+            "p99_ms": quantile(0.99),
+            "max_ms": quantile(1.0),
+            "seconds": round(self.wall, 2),
+            "retry_after_s": [retry_after[0], retry_after[-1]] if retry_after else None,
+            "loadavg_1min": self.load,
+        }
+
+
+def run_bursts(args: argparse.Namespace, bundle: Path, bodies: list, workdir: Path) -> dict[str, Any]:
+    """One server (default latency budget and queue unless --max-latency-ms); each burst `--burst-rounds` times."""
+    server = start_server(
+        bundle, max_batch_size=args.max_batch_size, max_latency_ms=args.max_latency_ms,
+        env={"COSA_THREADS": str(args.threads)}, log_path=workdir / "burst.log",
+    )  # fmt: skip
+    bursts = []
+    try:
+        warm_up(server, bodies, args.warmup)
+        for clients in args.burst:
+            for _ in range(args.burst_rounds):
+                point = Burst(server.url, bodies, clients).run().summary()
+                bursts.append(point)
+                print(
+                    f"burst {clients:4}: {point['served']:4} served ({100 * point['served_share']:5.1f} %), "
+                    f"{point['refused_503_retry_after']} refused (503 + Retry-After {point['retry_after_s']}), "
+                    f"{point['errors']} errors; p50 {point['p50_ms']} ms  p99 {point['p99_ms']} ms  "
+                    f"in {point['seconds']} s",
+                    flush=True,
+                )
+                time.sleep(1.0)  # let the queue drain and the connections close
+        queue = json.loads(urllib.request.urlopen(f"{server.url}/info", timeout=30).read())["queue"]
+    finally:
+        server.stop()
+    at_target = [b for b in bursts if b["clients"] == BURST_TARGET["clients"]]
+    return {
+        "benchmark": "serve_burst",
+        "settings": {
+            "server": f"cosa serve --max-batch-size {args.max_batch_size} --max-latency-ms "
+            f"{args.max_latency_ms or 'default'}, COSA_THREADS={args.threads or 'default'}",
+            "queue": "sized from the measured throughput (COSA_MAX_QUEUE unset)",
+            "warmup_requests": args.warmup,
+            "image": "500x375 JPEG, POST /segment (palette PNG back), one new connection per client",
+        },
+        "queue_after": queue,
+        "bursts": bursts,
+        "target": {
+            **BURST_TARGET,
+            "met": bool(at_target) and all(b["served_share"] >= BURST_TARGET["served_share"] for b in at_target),
+        },
+        "errors": sum(b["errors"] for b in bursts),
+    }
+
+
+def burst_table(bursts: list[dict]) -> str:
+    lines = [
+        "| concurrent | served | refused (503 + Retry-After) | errors | p50 ms | p99 ms | seconds |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for b in bursts:
+        lines.append(
+            f"| {b['clients']} | {b['served']} ({100 * b['served_share']:.0f} %) | {b['refused_503_retry_after']} "
+            f"| {b['errors']} | {b['p50_ms']:.0f} | {b['p99_ms']:.0f} | {b['seconds']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
 def warm_up(server: LocalServer, bodies: list[tuple[bytes, str]], requests: int) -> None:
     """Requests that are not measured: graph and thread-pool start-up, BentoML's batching optimiser training."""
     LoadPoint(server.url, bodies, clients=4, seconds=120, max_requests=requests).run()
@@ -237,9 +381,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None, help="unmeasured requests per server (default 40)")
     parser.add_argument("--max-batch-size", type=int, default=8)
     parser.add_argument(
-        "--max-latency-ms", type=int, default=60000,
-        help="BentoML sheds requests whose queue wait would exceed this; high so a CPU run sheds nothing",
+        "--max-latency-ms", type=int, default=None,
+        help="latency budget of the servers (default: the service's default, as users get it)",
     )  # fmt: skip
+    parser.add_argument("--scenario", choices=["all", "load", "burst"], default="all")
+    parser.add_argument("--burst", type=int, nargs="+", default=[50, 200], help="concurrent uploads per burst")
+    parser.add_argument("--burst-rounds", type=int, default=2, help="bursts of each size, one after the other")
+    parser.add_argument("--burst-out", type=Path, default=BURST_RESULTS)
     parser.add_argument(
         "--threads", type=int, default=0,
         help="COSA_THREADS: ONNX Runtime intra-op threads per model worker (0: ONNX Runtime's default, all cores)",
@@ -253,31 +401,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    workdir = Path(tempfile.mkdtemp(prefix="cosa-serve-load-"))
-    try:
-        if args.bundle is None:
-            bundle = export_vit_bundle(workdir / "bundle", backbone=args.backbone, size=args.size, decoder_channels=256)
-            model = {"backbone": args.backbone, "input_size": args.size, "decoder_channels": 256, "classes": 21}
-        else:
-            bundle, model = args.bundle, {"bundle": str(args.bundle)}
-        bodies = photo_bodies(16)
-        servers: dict[str, LocalServer] = {}
-        try:
-            for label, batch in (("on", args.max_batch_size), ("off", 1)):
-                servers[label] = start_server(
-                    bundle, max_batch_size=batch, max_latency_ms=args.max_latency_ms,
-                    env={"COSA_THREADS": str(args.threads)}, log_path=workdir / f"{label}.log",
-                )  # fmt: skip
-                warm_up(servers[label], bodies, args.warmup)
-            points = measure(args, servers, bodies)
-        finally:
-            for server in servers.values():
-                server.stop()
-    finally:
-        logs = {p.name: p.read_text(errors="replace")[-4000:] for p in workdir.glob("*.log")}
-        shutil.rmtree(workdir, ignore_errors=True)
+def load_result(args: argparse.Namespace, model: dict, points: list[dict], logs: dict[str, str]) -> dict[str, Any]:
     by_key = {(p["batching"], p["clients"]): p for p in points}
     speedups = {
         str(c): round(by_key[("on", c)]["requests_per_s"] / by_key[("off", c)]["requests_per_s"], 2)
@@ -290,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
         "model": model,
         "settings": {
             "max_batch_size": args.max_batch_size,
-            "max_latency_ms": args.max_latency_ms,
+            "max_latency_ms": args.max_latency_ms or "service default",
             "onnxruntime_threads": args.threads or "default",
             "seconds_per_slice": args.seconds,
             "slices_per_point": args.rounds,
@@ -298,19 +422,75 @@ def main(argv: list[str] | None = None) -> int:
             "image": "500x375 JPEG, POST /segment (palette PNG back)",
             "quick": args.quick,
         },
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": machine(),
         "points": points,
         "batching_speedup": speedups,
         "target": {"clients": 8, "min_speedup": 1.5, "met": speedups.get("8", 0) >= 1.5},
         "errors": errors,
     }
     if errors:
-        result["server_logs_tail"] = logs
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print()
-    print(table(points))
-    print(f"\nbatching speed-up (req/s on / off): {speedups}; errors: {errors}; written to {args.out}")
+        result["server_logs_tail"] = {name: text for name, text in logs.items() if name != "burst.log"}
+    return result
+
+
+def machine() -> dict[str, Any]:
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    workdir = Path(tempfile.mkdtemp(prefix="cosa-serve-load-"))
+    points: list[dict] = []
+    burst: dict[str, Any] | None = None
+    try:
+        if args.bundle is None:
+            bundle = export_vit_bundle(workdir / "bundle", backbone=args.backbone, size=args.size, decoder_channels=256)
+            model = {"backbone": args.backbone, "input_size": args.size, "decoder_channels": 256, "classes": 21}
+        else:
+            bundle, model = args.bundle, {"bundle": str(args.bundle)}
+        bodies = photo_bodies(16)
+        if args.scenario in ("all", "load"):
+            servers: dict[str, LocalServer] = {}
+            try:
+                for label, batch in (("on", args.max_batch_size), ("off", 1)):
+                    servers[label] = start_server(
+                        bundle, max_batch_size=batch, max_latency_ms=args.max_latency_ms,
+                        env={"COSA_THREADS": str(args.threads)}, log_path=workdir / f"{label}.log",
+                    )  # fmt: skip
+                    warm_up(servers[label], bodies, args.warmup)
+                points = measure(args, servers, bodies)
+            finally:
+                for server in servers.values():
+                    server.stop()
+        if args.scenario in ("all", "burst"):
+            burst = run_bursts(args, bundle, bodies, workdir)
+    finally:
+        logs = {p.name: p.read_text(errors="replace")[-4000:] for p in workdir.glob("*.log")}
+        shutil.rmtree(workdir, ignore_errors=True)
+    errors = 0
+    if points:
+        result = load_result(args, model, points, logs)
+        errors += result["errors"]
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+        print()
+        print(table(points))
+        print(f"\nbatching speed-up (req/s on / off): {result['batching_speedup']}; errors: {result['errors']}; "
+              f"written to {args.out}")  # fmt: skip
+    if burst is not None:
+        burst = {**burst, "model": model, "machine": machine(), "quick": args.quick}
+        if burst["errors"]:
+            burst["server_log_tail"] = logs.get("burst.log", "")
+        errors += burst["errors"]
+        args.burst_out.parent.mkdir(parents=True, exist_ok=True)
+        args.burst_out.write_text(json.dumps(burst, indent=2) + "\n")
+        print()
+        print(burst_table(burst["bursts"]))
+        target = burst["target"]
+        print(
+            f"\ntarget {100 * target['served_share']:.0f} % served at {target['clients']} concurrent: "
+            f"{'met' if target['met'] else 'NOT met'}; errors: {burst['errors']}; written to {args.burst_out}"
+        )
     return 1 if errors else 0
 
 

@@ -137,7 +137,7 @@ def start_server(
     port: int | None = None,
     host: str = LOOPBACK,
     max_batch_size: int = 8,
-    max_latency_ms: int = 200,
+    max_latency_ms: int | None = None,
     workers: int = 1,
     backend: str = "auto",
     env: Mapping[str, str] | None = None,
@@ -147,6 +147,8 @@ def start_server(
 ) -> LocalServer:
     """Start `cosa serve` for `model` and wait until it is ready; the log goes to `log_path` (or a temp file).
 
+    `max_latency_ms=None` keeps the service's default latency budget (settings.DEFAULT_MAX_LATENCY_MS).
+
     Each server gets a private BENTOML_HOME unless `env` names one: BentoML wipes the Prometheus
     folder under it at start-up, which would blank the metrics of another server sharing it.
     """
@@ -155,8 +157,8 @@ def start_server(
     log_path = Path(log_path) if log_path is not None else scratch / "server.log"
     command = [
         sys.executable, "-m", "cosa_sdk.cli", "serve", "--model", str(model), "--host", host, "--port", str(port),
-        "--backend", backend, "--max-batch-size", str(max_batch_size), "--max-latency-ms", str(max_latency_ms),
-        "--workers", str(workers), *extra_args,
+        "--backend", backend, "--max-batch-size", str(max_batch_size), "--workers", str(workers),
+        *(["--max-latency-ms", str(max_latency_ms)] if max_latency_ms is not None else []), *extra_args,
     ]  # fmt: skip
     child_env = {**os.environ, "BENTOML_DO_NOT_TRACK": "true", "BENTOML_HOME": str(scratch / "home"), **(env or {})}
     with log_path.open("wb") as log:

@@ -3,6 +3,11 @@
 `cosa serve` writes these variables before starting BentoML; `bentoml serve` users set them
 themselves. Batching parameters are read when the service module is imported, because BentoML
 fixes them when the API is declared.
+
+COSA_MAX_LATENCY_MS is the one latency budget: the longest a request should wait in line for the
+model. The admission queue (`traffic.AdmissionQueue`) admits as many requests as the measured
+throughput serves within it, and BentoML's batcher gets the same value as its `max_latency_ms`.
+`DEFAULT_MAX_LATENCY_MS` is the default of both `cosa serve --max-latency-ms` and the variable.
 """
 
 from __future__ import annotations
@@ -24,9 +29,11 @@ ENV_MAX_PIXELS = "COSA_MAX_PIXELS"
 ENV_MAX_SIDE = "COSA_MAX_SIDE"
 ENV_TIMEOUT_S = "COSA_TIMEOUT_S"
 ENV_THREADS = "COSA_THREADS"
+ENV_MAX_QUEUE = "COSA_MAX_QUEUE"
 
 DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_LATENCY_MS = 200
+DEFAULT_MAX_LATENCY_MS = 20_000  # a burst of 50 uploads fits on 2 CPU cores; 1/3 of DEFAULT_TIMEOUT_S
+DEFAULT_MAX_QUEUE = 0  # 0: sized from throughput x COSA_MAX_LATENCY_MS (see serving/traffic.py)
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 16_000_000  # the SDK's full-size logits: ~12 bytes x classes x pixels at peak
 DEFAULT_MAX_SIDE = 16_384
@@ -47,10 +54,17 @@ class ServeSettings:
     max_side: int = DEFAULT_MAX_SIDE
     timeout_s: int = DEFAULT_TIMEOUT_S
     threads: int = 0  # ONNX Runtime intra-op threads per model worker; 0: ONNX Runtime's default (all cores)
+    max_queue: int = DEFAULT_MAX_QUEUE  # requests admitted per API worker; 0: throughput x latency budget
 
     @property
     def batching(self) -> bool:
         return self.max_batch_size > 1
+
+    @property
+    def model_slots(self) -> int:
+        """Admitted requests that may be in the model worker at once (per API worker): one batch running,
+        the next one forming in BentoML's batcher; the rest wait in the admission queue."""
+        return 2 * self.max_batch_size
 
     @property
     def max_upload_bytes(self) -> int:
@@ -69,6 +83,7 @@ class ServeSettings:
             ENV_MAX_SIDE: self.max_side,
             ENV_TIMEOUT_S: self.timeout_s,
             ENV_THREADS: self.threads,
+            ENV_MAX_QUEUE: self.max_queue,
         }
         return {key: str(value) for key, value in values.items()}
 
@@ -120,4 +135,5 @@ def read_settings(env: Mapping[str, str] | None = None) -> ServeSettings:
         max_side=_int(env, ENV_MAX_SIDE, DEFAULT_MAX_SIDE, 1),
         timeout_s=_int(env, ENV_TIMEOUT_S, DEFAULT_TIMEOUT_S, 1),
         threads=_int(env, ENV_THREADS, 0, 0),
+        max_queue=_int(env, ENV_MAX_QUEUE, DEFAULT_MAX_QUEUE, 0),
     )

@@ -13,11 +13,12 @@ import io
 import json
 import signal
 import struct
+import threading
 import time
 import uuid
 import zlib
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -40,6 +41,7 @@ class Reply:
     status: int
     content_type: str
     body: bytes
+    headers: dict[str, str] = field(default_factory=dict)  # names in lower case
 
     def json(self) -> Any:
         return json.loads(self.body)
@@ -73,7 +75,8 @@ def request(
     try:
         connection.request("POST", path, body=body, headers=headers, **kw)
         response = connection.getresponse()
-        return Reply(response.status, response.getheader("Content-Type", ""), response.read())
+        headers = {name.lower(): value for name, value in response.getheaders()}
+        return Reply(response.status, response.getheader("Content-Type", ""), response.read(), headers)
     finally:
         connection.close()
 
@@ -409,6 +412,23 @@ def test_info_ignores_a_body(server: LocalServer) -> None:
     assert request(server.url, "/info", b"{}", "application/json").status == 200
 
 
+def test_info_answers_get_and_post(server: LocalServer) -> None:
+    parts = urlsplit(server.url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=30)
+    try:
+        connection.request("GET", "/info")  # what a browser or a first curl sends
+        response = connection.getresponse()
+        got = json.loads(response.read())
+        assert response.status == 200 and response.getheader("Content-Type") == "application/json"
+    finally:
+        connection.close()
+    posted = request(server.url, "/info").json()
+    assert got["classes"] == posted["classes"] and got["service"] == posted["service"]
+    queue = got["queue"]
+    assert queue["limit"] >= queue["model_slots"] == 16 and queue["budget_ms"] == 5000
+    assert queue["throughput_rps"] > 0, "the model worker's timed warm-up gives the first estimate"
+
+
 def test_serving_mask_matches_base64_png_exactly(server: LocalServer, segmenter: cosa_sdk.Segmenter) -> None:
     data = GOOD_IMAGES["png_gray"]()
     summary = post_image(server.url, "/segment_json", data, mask="png").json()
@@ -455,6 +475,30 @@ def test_concurrent_requests_reach_the_model_in_batches(tmp_path: Path) -> None:
     assert calls - calls_before <= 32, (
         f"{calls - calls_before} model calls for 64 queued requests: batching barely works"
     )
+
+
+def test_a_burst_is_queued_and_served_not_dropped(tmp_path: Path) -> None:
+    # Default settings (no --max-latency-ms) and a model that takes ~50 ms per image on 2 cores: 50
+    # uploads sent at once take seconds, longer than BentoML's batcher alone let a request wait under
+    # the old defaults (it answered 503); they must all be served, waiting in the admission queue.
+    bundle = cached_toy_bundle(busy=True, input_size=(224, 224))
+    handle = start_server(bundle, env=LIMITS_ENV, log_path=tmp_path / "s.log")
+    data = encode(scene(120, 160), "JPEG", quality=90)
+    go = threading.Barrier(50)
+
+    def one(_: int) -> Reply:
+        go.wait(timeout=60)
+        return post_image(handle.url, "/segment", data)
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(50) as pool:
+            replies = list(pool.map(one, range(50)))
+        queue = request(handle.url, "/info").json()["queue"]
+    finally:
+        handle.stop()
+    assert [reply.status for reply in replies] == [200] * 50, {r.status: r.body[:200] for r in replies}
+    assert queue["admitted"] == 0 and queue["in_model"] == 0, "every place in the queue was given back"
+    assert queue["budget_ms"] == 20000 and queue["throughput_measured"] is True
 
 
 def test_sigterm_stops_server_and_workers_with_exit_code_0(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -116,13 +117,40 @@ def test_two_workers_each_load_the_model(tmp_path: Path) -> None:
 
 
 def test_overload_is_shed_with_a_json_503(tmp_path: Path) -> None:
+    # a 1 ms latency budget: the queue admits only the model slots, BentoML's batcher sheds at once
     with start_server(cached_toy_bundle(), max_latency_ms=1, env=LIMITS_ENV, log_path=tmp_path / "log") as server:
         data = encode(scene(200, 300), "PNG")
         with concurrent.futures.ThreadPoolExecutor(32) as pool:
             replies = list(pool.map(lambda _: post_image(server.url, "/segment", data), range(96)))
         statuses = {reply.status for reply in replies}
         assert statuses <= {200, 503} and 503 in statuses
-        shed = next(reply for reply in replies if reply.status == 503)
-        assert "COSA_MAX_LATENCY_MS=1" in shed.json()["error"]
+        for shed in (reply for reply in replies if reply.status == 503):
+            assert "COSA_MAX_LATENCY_MS=1" in shed.json()["error"]
+            assert int(shed.headers["retry-after"]) >= 1
         assert post_image(server.url, "/segment", data).status == 200
         assert server.leftovers() == server.workers
+
+
+def test_past_a_tiny_queue_limit_requests_get_503_with_retry_after(tmp_path: Path) -> None:
+    # COSA_MAX_QUEUE=2 and a model that takes tens of milliseconds: of 30 clients sending at once
+    # (twice each), the ones past the two queued requests are refused at once and told when to retry.
+    bundle = cached_toy_bundle(busy=True, input_size=(160, 160))
+    env = {**LIMITS_ENV, "COSA_MAX_QUEUE": "2"}
+    with start_server(bundle, env=env, log_path=tmp_path / "log") as server:
+        data = encode(scene(120, 160), "JPEG", quality=90)
+        go = threading.Barrier(30)
+
+        def two(_: int) -> list:
+            go.wait(timeout=60)
+            return [post_image(server.url, "/segment", data) for _ in range(2)]
+
+        with concurrent.futures.ThreadPoolExecutor(30) as pool:
+            replies = [reply for pair in pool.map(two, range(30)) for reply in pair]
+        assert {reply.status for reply in replies} == {200, 503}
+        for refused in (reply for reply in replies if reply.status == 503):
+            message = refused.json()["error"]
+            assert "COSA_MAX_QUEUE=2" in message and "retry after" in message
+            assert int(refused.headers["retry-after"]) >= 1
+        info = request(server.url, "/info").json()
+        assert info["queue"]["limit"] == 2 and info["service"]["max_queue"] == 2
+        assert post_image(server.url, "/segment", data).status == 200
