@@ -114,6 +114,28 @@ class SegmentationResult:
             raise CosaInputError(f"mask={mask!r}: choose None, 'png' or 'rle'")
         return out
 
+    def to_hf(self, *, encode: bool = False) -> list[dict[str, Any]]:
+        """The output of Hugging Face's `pipeline("image-segmentation")` for a semantic model.
+
+        A list with one `{"score": None, "label": name, "mask": image}` per class present in the
+        mask, in class-index order, background included: transformers' semantic subtask lists every
+        label of its argmax map, so a model with a "background" label returns that segment too.
+        `mask` is a PIL "L" image at the input image's size, 255 where the class is and 0 elsewhere;
+        `score` is None, as the pipeline gives for every semantic model. Code written for the
+        pipeline's output runs unchanged; neither torch nor transformers is needed.
+
+        `encode=True` gives the JSON form of the Hugging Face Inference API instead: each mask a
+        base64-encoded PNG (mode "L") string. That is what `POST /segment_hf` answers;
+        `decode_hf` turns the strings back into PIL images.
+        """
+        counts = np.bincount(self.mask.ravel(), minlength=len(self.classes))
+        segments: list[dict[str, Any]] = []
+        for index in np.flatnonzero(counts):
+            image = Image.fromarray((self.mask == index).view(np.uint8) * np.uint8(255))
+            mask: Image.Image | str = _png_base64(image) if encode else image
+            segments.append({"score": None, "label": self.classes[int(index)], "mask": mask})
+        return segments
+
     def __repr__(self) -> str:
         width, height = self.size
         shown = ", ".join(f"{name!r}: {frac:.2f}" for name, frac in list(self.present.items())[:6])
@@ -122,6 +144,27 @@ class SegmentationResult:
             f"SegmentationResult({width}x{height}, present={{{shown}{more}}}, backend={self.backend!r}, "
             f"{1000 * self.total_time:.1f} ms)"
         )
+
+
+def _png_base64(image: Image.Image) -> str:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def decode_hf(segments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Inverse of `to_hf(encode=True)` (e.g. the JSON of `POST /segment_hf`): masks as PIL "L" images.
+
+    The result is what `to_hf()` and Hugging Face's `pipeline("image-segmentation")` return.
+    """
+    decoded = []
+    for segment in segments:
+        mask = segment["mask"]
+        if isinstance(mask, str):
+            with Image.open(io.BytesIO(base64.b64decode(mask))) as image:
+                mask = image.convert("L")
+        decoded.append({**segment, "mask": mask})
+    return decoded
 
 
 def encode_rle(mask: np.ndarray) -> dict[str, Any]:

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import io
-from typing import Any
+from typing import Annotated, Any
+
+from pydantic import Field
+from typing_extensions import TypedDict  # pydantic reads TypedDict schemas from typing_extensions before 3.12
 
 from cosa_sdk.errors import CosaInputError
 from cosa_sdk.result import SegmentationResult
@@ -12,6 +15,21 @@ from .uploads import UploadError
 
 MASK_CHOICES = ("none", "png", "rle")
 JPEG_QUALITY = 90
+
+
+class HFSegment(TypedDict):
+    """One entry of `POST /segment_hf`: the Hugging Face image-segmentation format, masks as base64 PNG."""
+
+    score: Annotated[float | None, Field(description="always null: semantic segmentation scores no segments")]
+    label: Annotated[str, Field(description="the class name (see /info); one entry per class present")]
+    mask: Annotated[
+        str, Field(description="base64-encoded PNG, mode L, the upload's size: 255 where the class is, 0 elsewhere")
+    ]
+
+
+def hf_segments(result: SegmentationResult) -> list[HFSegment]:
+    """`result.to_hf(encode=True)`: the Hugging Face Inference API's JSON for image segmentation."""
+    return result.to_hf(encode=True)  # type: ignore[return-value]
 
 
 def mask_encoding(form_value: str | None, query_value: str | None) -> str | None:

@@ -6,12 +6,15 @@ cosa_sdk.serving.service:CosaSegmentation`. All settings come from environment v
 
 Split of work: the API service checks and decodes each upload (so hostile bytes never reach the
 model) and renders the answer; `CosaModel.infer` is BentoML's batchable API, so concurrent requests
-reach the model in batches of up to COSA_MAX_BATCH_SIZE, each request waiting at most
-COSA_MAX_LATENCY_MS before BentoML sheds it with a 503. The model is loaded once per model worker.
+reach the model in batches of up to COSA_MAX_BATCH_SIZE. In front of the batcher each API worker keeps
+an admission queue (`traffic.AdmissionQueue`): a burst waits in line instead of being refused; only a
+request that the measured throughput could not serve within COSA_MAX_LATENCY_MS (or past
+COSA_MAX_QUEUE) gets a 503 with Retry-After. The model is loaded once per model worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import time
@@ -31,16 +34,21 @@ from cosa_sdk.backends import check_backend_name
 from cosa_sdk.bundle import read_bundle
 from cosa_sdk.result import SegmentationResult
 
+from .docs import docs_app
 from .guard import UploadGuard, error_response
-from .render import mask_encoding, mask_png, overlay_jpeg, summary
+from .page import page_app
+from .render import HFSegment, hf_segments, mask_encoding, mask_png, overlay_jpeg, summary
 from .settings import ENV_MODEL, ServeSettings, read_settings
+from .traffic import AdmissionQueue, GetAlias, QueueFull
 from .uploads import UploadError, decode_upload
 
 SETTINGS = read_settings()
-IMAGE_ROUTES = ("/segment", "/segment_json", "/overlay")
+IMAGE_ROUTES = ("/segment", "/segment_json", "/segment_hf", "/overlay")
 PUBLIC_INFO_KEYS = ("name", "classes", "palette", "input_size", "backend", "device", "dynamic", "tta_sizes", "notes")
 DEFAULT_BUNDLE_DIR = "bundle"
 MODEL_CALL_ATTEMPTS = 3
+READ_ONLY_ROUTES = ("/info",)  # also answered on GET (BentoML routes APIs as POST only)
+BATCHER_RETRY_PAUSE_S = 0.05  # pause before sending again a request BentoML's batcher refused
 F = TypeVar("F", bound=Callable[..., Any])
 logger = logging.getLogger("cosa_sdk.serving")
 
@@ -66,6 +74,14 @@ def load_segmenter(settings: ServeSettings) -> cosa_sdk.Segmenter:
     height, width = segmenter.input_size
     segmenter.segment(np.zeros((height, width, 3), dtype=np.uint8), keep_image=False)
     return segmenter
+
+
+def time_one_image(segmenter: cosa_sdk.Segmenter) -> float:
+    """Seconds for one warm call at the input size: the admission queue's first throughput estimate."""
+    height, width = segmenter.input_size
+    start = time.perf_counter()
+    segmenter.segment(np.zeros((height, width, 3), dtype=np.uint8), keep_image=False)
+    return max(time.perf_counter() - start, 1e-4)
 
 
 def _model_api(func: F) -> F:
@@ -99,6 +115,7 @@ class CosaModel:
 
     def __init__(self) -> None:
         self.segmenter = load_segmenter(read_settings())
+        self.seconds_per_image = time_one_image(self.segmenter)
 
     @_model_api
     def infer(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
@@ -111,7 +128,8 @@ class CosaModel:
         """What the bundle is and where it runs (no file paths)."""
         details = self.segmenter.info()
         details["palette"] = [list(colour) for colour in self.segmenter.palette]
-        return {key: details[key] for key in PUBLIC_INFO_KEYS if key in details}
+        public = {key: details[key] for key in PUBLIC_INFO_KEYS if key in details}
+        return {**public, "seconds_per_image": self.seconds_per_image}  # taken out by the API service
 
     @bentoml.on_shutdown
     def close(self) -> None:
@@ -129,7 +147,10 @@ def _answer_errors(func: F) -> F:
             ctx = kwargs.get("ctx")
             if ctx is not None:  # BentoML copies the context's status onto any returned response
                 ctx.response.status_code = err.status
-            return error_response(err.status, err.message)
+            response = error_response(err.status, err.message)
+            if isinstance(err, QueueFull):
+                response.headers["Retry-After"] = str(err.retry_after)
+            return response
 
     return wrapper  # type: ignore[return-value]
 
@@ -147,25 +168,43 @@ class CosaSegmentation:
     def __init__(self) -> None:
         self.settings = read_settings()
         self._model_info: dict[str, Any] | None = None
+        self.queue = AdmissionQueue(
+            budget_s=self.settings.max_latency_ms / 1000,
+            model_slots=self.settings.model_slots,
+            max_queue=self.settings.max_queue,
+        )
 
     async def _info(self) -> dict[str, Any]:
         if self._model_info is None:
-            self._model_info = await self._call_model("info")
+            details = dict(await self._call_model("info"))
+            seconds = details.pop("seconds_per_image", None)
+            if seconds and self.queue.meter.prior_rps is None:
+                self.queue.meter.prior_rps = 1.0 / float(seconds)
+            self._model_info = details
         return self._model_info
 
-    async def _call_model(self, name: str, *args: Any) -> Any:
-        """Call the model service; its refusals become UploadErrors, a stale pooled connection is retried."""
+    async def _call_model(self, name: str, *args: Any, deadline: float | None = None) -> Any:
+        """Call the model service; its refusals become UploadErrors, a stale pooled connection is retried.
+
+        A 503 from BentoML's batcher is sent again until `deadline` (time.monotonic(): the request's
+        admission time plus the latency budget), then answered with a 503 and Retry-After.
+        """
         import aiohttp
 
-        for attempt in range(1, MODEL_CALL_ATTEMPTS + 1):
+        attempt = 0
+        while attempt < MODEL_CALL_ATTEMPTS:
+            attempt += 1
             try:
                 return await getattr(self.model.to_async, name)(*args)
             except BentoMLException as err:
                 if int(getattr(err, "error_code", 500)) == 503:
-                    raise UploadError(
-                        503,
-                        f"the model is busy: this request would wait longer than COSA_MAX_LATENCY_MS="
-                        f"{self.settings.max_latency_ms} ms; retry later, or serve with a larger --max-latency-ms",
+                    if deadline is not None and time.monotonic() + BATCHER_RETRY_PAUSE_S < deadline:
+                        attempt -= 1  # the batcher's refusal is not a failed attempt
+                        await asyncio.sleep(BATCHER_RETRY_PAUSE_S)
+                        continue
+                    raise self.queue.full(
+                        f"the model is busy: this request waited past its latency budget COSA_MAX_LATENCY_MS="
+                        f"{self.settings.max_latency_ms} ms (serve with a larger --max-latency-ms to wait longer)"
                     ) from None
                 logger.error("model call %s failed: %s", name, err)
                 raise UploadError(500, "the model failed on this request; see the server log") from None
@@ -183,13 +222,18 @@ class CosaSegmentation:
     async def _segment(self, image: Path) -> tuple[SegmentationResult, float]:
         """Decode the upload, run it through the model worker, rebuild the SDK result (with the image)."""
         start = time.perf_counter()
-        data = await anyio.to_thread.run_sync(image.read_bytes)
-        decoded = await anyio.to_thread.run_sync(
-            functools.partial(decode_upload, data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side)
-        )
-        decode_s = time.perf_counter() - start
-        info = await self._info()
-        (output,) = await self._call_model("infer", [np.asarray(decoded)])
+        info = await self._info()  # before the first admission: it carries the first throughput estimate
+        async with self.queue.admit() as admitted_at:  # QueueFull (503, Retry-After) when the queue is full
+            data = await anyio.to_thread.run_sync(image.read_bytes)
+            decoded = await anyio.to_thread.run_sync(
+                functools.partial(
+                    decode_upload, data, max_pixels=self.settings.max_pixels, max_side=self.settings.max_side
+                )
+            )
+            decode_s = time.perf_counter() - start
+            async with self.queue.model_slot():  # FIFO: at most settings.model_slots requests in the model
+                deadline = admitted_at + self.queue.budget_s
+                (output,) = await self._call_model("infer", [np.asarray(decoded)], deadline=deadline)
         result = SegmentationResult(
             mask=output["mask"],
             classes=list(info["classes"]),
@@ -225,6 +269,19 @@ class CosaSegmentation:
 
     @bentoml.api
     @_answer_errors
+    async def segment_hf(self, image: Path) -> list[HFSegment]:
+        """Hugging Face `image-segmentation` output: `[{"score": null, "label": ..., "mask": ...}]`.
+
+        One entry per class present, background included, in class-index order; `mask` is a
+        base64-encoded PNG ("L" mode, the upload's size, 255 where the class is, 0 elsewhere), as the
+        Hugging Face Inference API sends it. `cosa_sdk.result.decode_hf` turns the list into what
+        `pipeline("image-segmentation")` returns (masks as PIL images).
+        """
+        result, _ = await self._segment(image)
+        return await anyio.to_thread.run_sync(hf_segments, result)
+
+    @bentoml.api
+    @_answer_errors
     async def overlay(self, image: Path, alpha: float = 0.5) -> Image.Image:
         """The upload with class colours blended in at `alpha` (0-1), as JPEG."""
         result, _ = await self._segment(image)
@@ -234,10 +291,14 @@ class CosaSegmentation:
     @bentoml.api
     @_answer_errors
     async def info(self) -> dict[str, Any]:
-        """Classes (index = mask value), palette, input size, backend and device, and the service limits."""
-        return {**await self._info(), "service": self.settings.public()}
+        """Classes (index = mask value), palette, input size, backend and device, the service limits and
+        the admission queue of the API worker that answers (also on GET /info)."""
+        return {**await self._info(), "service": self.settings.public(), "queue": self.queue.status()}
 
 
 CosaSegmentation.add_asgi_middleware(UploadGuard, routes=IMAGE_ROUTES, max_bytes=SETTINGS.max_upload_bytes)
+CosaSegmentation.add_asgi_middleware(GetAlias, routes=READ_ONLY_ROUTES)
+CosaSegmentation.mount_asgi_app(docs_app, path="/", name="docs")  # GET /docs: Swagger UI of GET /docs.json
+CosaSegmentation.mount_asgi_app(page_app, path="/", name="page")  # GET /: the upload page (serving/page.html)
 
 __all__ = ["CosaModel", "CosaSegmentation"]

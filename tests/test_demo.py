@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from html import escape
 
 import pytest
 
@@ -42,6 +43,12 @@ def test_demo_writes_report_bundle_and_next_commands(demo_run, capsys) -> None:
     assert html.count("data:image/png;base64,") >= 2 and "dataset.imagesLoaded" in html
     scores = json.loads((demo_run / "eval.json").read_text())
     assert f"{scores['images_right']:.1f} % (label-free mIoU of the image &gt;= 50" in html
+    # the sample grid's legend: one swatch per class of the bundle (its palette), plus the ignore colour
+    bundle = json.loads((demo_run / "bundle" / "cosa.json").read_text())
+    legend = html.split('<ul class="legend"', 1)[1].split("</ul>", 1)[0]
+    assert legend.count("<li") == len(bundle["classes"]) + 1 and "ignore" in legend
+    for name, (red, green, blue) in zip(bundle["classes"], bundle["palette"]):
+        assert f'data-class="{escape(name)}"' in legend and f"rgb({red}, {green}, {blue})" in legend
 
 
 def test_second_demo_reuses_the_run_and_prints_what_to_try(demo_run, capsys) -> None:

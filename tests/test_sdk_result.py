@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.result import SegmentationResult, decode_mask, encode_rle
+from cosa_sdk.result import SegmentationResult, decode_hf, decode_mask, encode_rle
 
 CLASSES = ["background", "cat", "dog"]
 PALETTE = [(0, 0, 0), (200, 0, 0), (0, 0, 240)]
@@ -105,3 +105,63 @@ def test_repr_is_short_and_readable() -> None:
     text = repr(make_result())
     assert text.startswith("SegmentationResult(40x30, present={'background': 0.79, 'cat': 0.17, 'dog': 0.04}")
     assert "backend='onnxruntime'" in text and "16.0 ms" in text
+
+
+def transformers_semantic_output(segmentation: np.ndarray, id2label: dict[int, str]) -> list[dict]:
+    """What transformers' ImageSegmentationPipeline.postprocess does for subtask "semantic" (its code, torch-free)."""
+    annotation = []
+    for label in np.unique(segmentation):
+        mask = Image.fromarray(((segmentation == label) * 255).astype(np.uint8), mode="L")
+        annotation.append({"score": None, "label": id2label[label], "mask": mask})
+    return annotation
+
+
+def test_to_hf_is_the_pipeline_output_for_a_semantic_model() -> None:
+    result = make_result()
+    segments = result.to_hf()
+    assert [s["label"] for s in segments] == ["background", "cat", "dog"], "class-index order, background kept"
+    expected = transformers_semantic_output(result.mask, dict(enumerate(CLASSES)))
+    assert [list(s) for s in segments] == [list(e) for e in expected] == [["score", "label", "mask"]] * 3
+    for segment, reference in zip(segments, expected):
+        assert segment["score"] is None and segment["label"] == reference["label"]
+        mask = segment["mask"]
+        assert isinstance(mask, Image.Image) and mask.mode == "L" and mask.size == (40, 30)
+        np.testing.assert_array_equal(np.asarray(mask), np.asarray(reference["mask"]))
+    cat = np.asarray(segments[1]["mask"])
+    assert set(np.unique(cat)) == {0, 255} and (cat == 255).sum() == 200
+    assert (cat[5:15, 5:25] == 255).all()
+    union = sum(np.asarray(s["mask"], dtype=np.int64) for s in segments)
+    assert (union == 255).all(), "the segments tile the image exactly once"
+
+
+def test_to_hf_lists_only_present_classes() -> None:
+    mask = np.full((4, 6), 2, dtype=np.uint8)  # only "dog", no background pixel at all
+    result = SegmentationResult(mask=mask, classes=CLASSES, palette=PALETTE, backend="onnxruntime")
+    (segment,) = result.to_hf()
+    assert segment["label"] == "dog" and np.asarray(segment["mask"]).min() == 255
+
+
+def test_to_hf_encoded_is_json_and_decodes_to_the_pil_form() -> None:
+    result = make_result()
+    encoded = json.loads(json.dumps(result.to_hf(encode=True)))
+    assert all(isinstance(s["mask"], str) and s["score"] is None for s in encoded)
+    decoded = decode_hf(encoded)
+    for got, want in zip(decoded, result.to_hf()):
+        assert got["label"] == want["label"] and got["mask"].mode == "L"
+        np.testing.assert_array_equal(np.asarray(got["mask"]), np.asarray(want["mask"]))
+
+
+def test_to_hf_needs_neither_torch_nor_transformers() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np\n"
+        "from cosa_sdk.result import SegmentationResult\n"
+        "r = SegmentationResult(mask=np.eye(4, dtype=np.uint8), classes=['background', 'x'],"
+        " palette=[(0, 0, 0), (9, 9, 9)], backend='onnxruntime')\n"
+        "assert [s['label'] for s in r.to_hf()] == ['background', 'x'] and r.to_hf(encode=True)\n"
+        "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"

@@ -193,7 +193,7 @@ def test_batching_is_bentomls_batchable_api() -> None:
     infer = CosaModel.apis["infer"]
     assert infer.batchable is SETTINGS.batching
     assert infer.max_batch_size == SETTINGS.max_batch_size and infer.max_latency_ms == SETTINGS.max_latency_ms
-    assert set(CosaSegmentation.apis) == {"segment", "segment_json", "overlay", "info"}
+    assert set(CosaSegmentation.apis) == {"segment", "segment_json", "segment_hf", "overlay", "info"}
 
 
 def test_serving_imports_the_sdk_only() -> None:

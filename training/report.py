@@ -9,7 +9,7 @@ import base64
 import html
 import io
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +21,10 @@ h1 { font-size: 1.6em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 
 table { border-collapse: collapse; margin: 0.5em 0; } td, th { padding: 4px 10px; border: 1px solid #ddd; }
 th { background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 img { max-width: 100%; } .caption { color: #666; font-size: 0.9em; } code { background: #f4f4f4; padding: 1px 4px; }
+.legend { display: flex; flex-wrap: wrap; gap: 4px 18px; list-style: none; padding: 0; margin: 0.6em 0; }
+.legend li { display: flex; align-items: center; gap: 6px; } .legend .absent { color: #999; }
+.legend .swatch { display: inline-block; width: 14px; height: 14px; border: 1px solid #0006; border-radius: 2px; }
+.legend .share { color: #666; font-variant-numeric: tabular-nums; }
 """
 
 # Marks <body data-images-loaded="OK/TOTAL"> after load, so a browser check (training.browser) sees broken pictures.
@@ -38,6 +42,38 @@ def image_tag(picture: Image.Image, *, alt: str) -> str:
     picture.save(buffer, format="PNG")
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
+def legend(
+    classes: Sequence[str],
+    palette: Sequence[Sequence[int]],
+    *,
+    shares: Mapping[str, float] | None = None,
+    ignore: str | None = None,
+) -> str:
+    """Which colour is which class: a swatch and the name per class, in class-index order.
+
+    `shares` (class -> fraction of pixels) adds each class's share; classes with none are greyed.
+    `ignore` labels the white swatch of ignored pixels (255), when the pictures have any.
+    """
+    items = []
+    for index, name in enumerate(classes):
+        rgb = tuple(int(v) for v in palette[index][:3]) if index < len(palette) else (0, 0, 0)
+        share, state = "", ""
+        if shares is not None:
+            fraction = float(shares.get(name, 0.0))
+            share = f' <span class="share">{100 * fraction:.1f} %</span>'
+            state = "" if fraction > 0 else ' class="absent"'
+        items.append(
+            f'<li data-class="{html.escape(name)}"{state}>'
+            f'<span class="swatch" style="background: rgb{rgb}"></span>{html.escape(name)}{share}</li>'
+        )
+    if ignore:
+        items.append(
+            '<li data-class="ignore"><span class="swatch" style="background: rgb(255, 255, 255)"></span>'
+            f"{html.escape(ignore)}</li>"
+        )
+    return f'<ul class="legend" aria-label="class colours">{"".join(items)}</ul>'
 
 
 def read_metrics(path: Path) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
@@ -121,8 +157,9 @@ def write_report(
     scores: dict[str, Any],
     latency_rows: Sequence[Sequence[Any]],
     commands: Sequence[str],
+    sample_legend: str = "",
 ) -> Path:
-    """Write the HTML report and return its path."""
+    """Write the HTML report and return its path; `sample_legend` (see `legend`) goes under the sample grid."""
     train, evals = read_metrics(metrics_path)
     parts = [
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>",
@@ -130,6 +167,7 @@ def write_report(
         table(["", ""], summary_rows),
         "<h2>Samples (held-out images)</h2>",
         image_tag(sample_grid, alt="sample grid"),
+        sample_legend,
         f"<p class='caption'>{html.escape(sample_caption)}</p>",
         "<h2>Training curves</h2>",
         image_tag(curves_figure(train, evals), alt="training curves"),
