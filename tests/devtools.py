@@ -202,10 +202,17 @@ class DevToolsPage:
         await self.send("Browser.setDownloadBehavior", behavior="allow", downloadPath=str(folder.resolve()))
         await self.click(selector)
         deadline = time.monotonic() + timeout
+        last_size = -1
         while time.monotonic() < deadline:
-            done = [p for p in set(folder.iterdir()) - before if not p.name.endswith(".crdownload")]
-            if done:
-                return done[0]
+            new = set(folder.iterdir()) - before
+            done = [p for p in new if not p.name.endswith(".crdownload")]
+            # Chromium creates the final name as an empty placeholder before the data lands: wait until the
+            # partial file is gone and the file's size is non-zero and unchanged over one poll.
+            if done and not any(p.name.endswith(".crdownload") for p in new):
+                size = done[0].stat().st_size
+                if size > 0 and size == last_size:
+                    return done[0]
+                last_size = size
             await asyncio.sleep(0.05)
         raise TimeoutError(f"clicking {selector!r} downloaded nothing into {folder} within {timeout:.0f} s")
 
