@@ -244,7 +244,11 @@ class TestViTBundle(BaseBundleTester):
         assert len(sensitive) == 25 + 12
         assert not any(name in dequantized for n in sensitive for name in n.input)
         quantized_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in dequantized]
-        assert len(quantized_matmuls) >= 4 * 12  # qkv, proj, fc1, fc2 of every block
+        assert len(quantized_matmuls) == 4 * 11  # qkv, proj, fc1, fc2 of every block but the first (kept fp32)
+        constants = {t.name for t in model.graph.initializer} | dequantized
+        for node in model.graph.node:  # attention's activation x activation MatMuls run fp32
+            if node.op_type == "MatMul" and not any(name in constants for name in node.input):
+                assert not any(name in dequantized for name in node.input)
 
 
 class TestCNNBundle(BaseBundleTester):

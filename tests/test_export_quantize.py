@@ -58,6 +58,47 @@ def test_static_plan_keeps_stem_depthwise_and_logits_in_fp32() -> None:
     assert excluded == ["classifier", "dw", "stem"]  # only the dense pointwise conv is quantised
 
 
+def vit_like(blocks: int = 3) -> onnx.ModelProto:
+    """Pre-norm blocks: LayerNorm -> x @ w_qkv, q @ k (both activations), LayerNorm -> fc; a final LayerNorm."""
+    weights = [numpy_helper.from_array(np.ones(4, np.float32), n) for n in ("gamma", "beta")]
+    nodes = [conv("patch_embed", "image", "x0", "w_patch")]
+    weights.append(numpy_helper.from_array(np.zeros((4, 3, 2, 2), np.float32), "w_patch"))
+    for b in range(blocks):
+        x = f"x{b}"
+        weights += [numpy_helper.from_array(np.zeros((4, 4), np.float32), f"w{b}_{k}") for k in ("qkv", "fc")]
+        nodes += [
+            helper.make_node("LayerNormalization", [x, "gamma", "beta"], [f"n{b}a"], name=f"norm{b}a", axis=-1),
+            helper.make_node("MatMul", [f"n{b}a", f"w{b}_qkv"], [f"q{b}"], name=f"qkv{b}"),
+            helper.make_node("MatMul", [f"q{b}", f"q{b}"], [f"s{b}"], name=f"attn{b}"),
+            helper.make_node("Add", [x, f"s{b}"], [f"r{b}"], name=f"add{b}a"),
+            helper.make_node("LayerNormalization", [f"r{b}", "gamma", "beta"], [f"n{b}b"], name=f"norm{b}b", axis=-1),
+            helper.make_node("MatMul", [f"n{b}b", f"w{b}_fc"], [f"m{b}"], name=f"fc{b}"),
+            helper.make_node("Add", [f"r{b}", f"m{b}"], [f"x{b + 1}"], name=f"add{b}b"),
+        ]
+    nodes.append(helper.make_node("LayerNormalization", [f"x{blocks}", "gamma", "beta"], ["y"], name="norm", axis=-1))
+    weights.append(numpy_helper.from_array(np.zeros((3, 4, 1, 1), np.float32), "w_cls"))
+    nodes.append(conv("classifier", "y", "logits", "w_cls"))
+    body = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=weights,
+    )
+    return helper.make_model(body)
+
+
+def test_static_cpu_plan_keeps_attention_matmuls_and_the_first_block_in_fp32() -> None:
+    op_types, excluded = quantization_plan(vit_like(), "static")
+    assert op_types == ["MatMul", "Gemm", "Conv"]
+    assert excluded == ["attn0", "attn1", "attn2", "classifier", "fc0", "patch_embed", "qkv0"]
+    # TensorRT's symmetric graph and the dynamic mode keep the base plan
+    assert quantization_plan(vit_like(), "static", ort_cpu=False)[1] == ["classifier", "patch_embed"]
+    assert quantization_plan(vit_like(), "dynamic")[1] == ["classifier", "patch_embed"]
+    # one block: keeping it fp32 would leave nothing to quantise, so only the attention MatMul stays fp32
+    assert quantization_plan(vit_like(blocks=1), "static")[1] == ["attn0", "classifier", "patch_embed"]
+
+
 def test_dynamic_plan_needs_matmuls() -> None:
     op_types, _ = quantization_plan(cnn_like(with_matmul=True), "dynamic")
     assert op_types == ["MatMul", "Gemm"]
