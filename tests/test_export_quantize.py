@@ -16,9 +16,10 @@ from trained_model import cached_checkpoint, one_torch_thread  # noqa: E402, F40
 from cosa_sdk import cpu  # noqa: E402
 from cosa_sdk.cli import main  # noqa: E402
 from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
-from cosa_sdk.export import quantize  # noqa: E402
+from cosa_sdk.export import int8_graph, quantize  # noqa: E402
+from cosa_sdk.export.int8_graph import quantization_plan  # noqa: E402
 from cosa_sdk.export.parity import ort_session  # noqa: E402
-from cosa_sdk.export.quantize import Int8Result, has_vnni, quantization_plan  # noqa: E402
+from cosa_sdk.export.quantize import Int8Result, has_vnni  # noqa: E402
 
 
 def conv(name: str, source: str, out: str, weight: str, group: int = 1) -> onnx.NodeProto:
@@ -197,7 +198,7 @@ def test_weight_width_is_read_from_the_written_weights(reduce_range, bits, large
     result = quantize.quantize_int8(
         tmp_path / "fp32.onnx", tmp_path / "q.onnx", calibration=calibration, reduce_range=reduce_range
     )
-    assert quantize.max_abs_weight(onnx.load(str(tmp_path / "q.onnx"))) == largest
+    assert int8_graph.max_abs_weight(onnx.load(str(tmp_path / "q.onnx"))) == largest
     assert result.weight_bits == bits and result.needs_vnni is (bits == 8)
 
 
@@ -211,7 +212,7 @@ def avx2_u8s8_dot(activations: np.ndarray, weights: np.ndarray) -> int:
 def test_seven_bit_weights_cannot_saturate_the_avx2_kernel() -> None:
     """The non-VNNI arithmetic, simulated: with |w| <= 64 every pair fits in int16, with 8-bit weights it does not."""
     activations = np.full(64, 255, dtype=np.uint8)  # the worst case: every activation at its largest
-    for bound in (quantize.SAFE_WEIGHT_MAX, -quantize.SAFE_WEIGHT_MAX):
+    for bound in (int8_graph.SAFE_WEIGHT_MAX, -int8_graph.SAFE_WEIGHT_MAX):
         weights = np.full(64, bound, dtype=np.int8)
         assert avx2_u8s8_dot(activations, weights) == int(activations.astype(np.int64) @ weights)
     weights = np.full(64, 127, dtype=np.int8)
@@ -219,7 +220,7 @@ def test_seven_bit_weights_cannot_saturate_the_avx2_kernel() -> None:
     rng = np.random.default_rng(0)
     for _ in range(200):
         a = rng.integers(0, 256, 64).astype(np.uint8)
-        w = rng.integers(-quantize.SAFE_WEIGHT_MAX, quantize.SAFE_WEIGHT_MAX + 1, 64).astype(np.int8)
+        w = rng.integers(-int8_graph.SAFE_WEIGHT_MAX, int8_graph.SAFE_WEIGHT_MAX + 1, 64).astype(np.int8)
         assert avx2_u8s8_dot(a, w) == int(a.astype(np.int64) @ w.astype(np.int64))
 
 
