@@ -150,6 +150,46 @@ def test_resume_with_another_config_names_the_difference(tmp_path) -> None:
         Trainer(tiny_config(iters=2, lr=1.0), run_dir=tmp_path / "run", data_spec=DATA, resume=True)
 
 
+def _train_steps(run) -> list[int]:
+    return [entry["step"] for entry in _logged(run) if "loss" in entry]
+
+
+def test_resume_alone_continues_with_the_runs_own_settings(tmp_path, capsys) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_config(iters=6), run_dir=run, data_spec=DATA, preset_name="tiny").fit(stop_after=3)
+    # The process died after logging steps 4-5 (and half a line) but before the next checkpoint.
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write('{"step": 4, "loss": 1.0}\n{"step": 5, "loss": 1.0}\n{"step": 6, "lo')
+    for extra, difference in (
+        (["lr=1.0"], "lr: run has"),
+        (["--preset", "voc"], "preset: run has 'tiny', now 'voc'"),
+        (["--data", "synthetic"], f"data: run has {DATA!r}, now 'synthetic'"),
+        (["--supervision", "full"], "supervision: run has 'weak', now 'full'"),
+    ):
+        assert cosa_main(["train", "--out", str(run), "--resume", *extra]) == 2
+        assert difference in capsys.readouterr().err, extra
+    assert cosa_main(["train", "--out", str(run), "--resume", "--data", DATA, "--preset", "tiny", "num_workers=0"]) == 0
+    assert torch.load(run / "last.pt", weights_only=True)["iteration"] == 6
+    assert _train_steps(run) == [1, 2, 3, 4, 5, 6]  # steps 4-5 of the killed process are not listed twice
+    assert [entry["step"] for entry in _logged(run) if "eval" in entry] == [3, 6]
+
+
+def test_resume_of_a_run_that_died_before_its_first_checkpoint_restarts_it(tmp_path) -> None:
+    run = tmp_path / "run"
+    Trainer(tiny_config(iters=3), run_dir=run, data_spec=DATA, preset_name="tiny").fit()
+    for name in ("last.pt", "best.pt"):
+        (run / name).unlink()
+    assert cosa_main(["train", "--out", str(run), "--resume"]) == 0
+    assert _train_steps(run) == [1, 2, 3]
+    assert json.loads((run / "config.json").read_text())["data"] == DATA
+
+
+def test_resume_of_an_empty_run_directory_says_what_to_do(tmp_path, capsys) -> None:
+    (tmp_path / "run").mkdir()
+    assert cosa_main(["train", "--out", str(tmp_path / "run"), "--resume"]) == 2
+    assert "holds no run to continue" in capsys.readouterr().err
+
+
 def test_all_ignore_pseudo_labels_give_a_finite_loss(tmp_path) -> None:
     # t_low < 0 < t_high > 1: no pixel is confidently background or foreground, so every CPL pixel is ignore.
     config = tiny_config(

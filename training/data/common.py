@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from cosa_sdk.errors import CosaDataError
+from cosa_sdk.inputs import decode_image
 from cosa_sdk.palette import voc_colormap
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -59,10 +60,10 @@ def cache_dir() -> Path:
 
 
 def read_image(path: Path) -> Image.Image:
-    """Decode an image fully into RGB; raises one of BAD_IMAGE_ERRORS for unreadable or truncated files."""
-    with Image.open(path) as img:
-        img.load()
-        return img.convert("RGB")
+    """Decode an image fully into RGB the way the SDK does (`cosa_sdk.inputs.decode_image`: EXIF orientation
+    applied, alpha dropped), so masks drawn on the upright photo line up in training, evaluation and
+    `segment`; raises one of BAD_IMAGE_ERRORS for unreadable or truncated files."""
+    return decode_image(path, max_pixels=None)
 
 
 def read_mask(path: Path, *, num_classes: int, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -109,11 +110,30 @@ def multi_hot(labels: Sequence[int], num_classes: int) -> np.ndarray:
     return vec
 
 
+def read_text(path: Path) -> str:
+    """The text of a dataset text file (classes.txt, labels.csv, name lists): UTF-8, a leading BOM (Excel's
+    "CSV UTF-8") dropped. Any other encoding is refused with the file, line and fix."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = data[: exc.start].count(b"\n") + 1
+        raise CosaDataError(
+            f"{path}:{line}: byte 0x{data[exc.start]:02x} is not UTF-8 (the file looks saved as Latin-1 / "
+            "Windows-1252); save it as UTF-8 (Excel: Save As > CSV UTF-8; editors: Encoding > UTF-8)."
+        ) from None
+
+
+def read_lines(path: Path) -> list[tuple[int, str]]:
+    """Every line of a dataset text file as (line number, text without surrounding spaces); CRLF, CR and LF
+    line ends and a UTF-8 BOM are accepted (see `read_text`)."""
+    return [(number, line.strip()) for number, line in enumerate(read_text(path).splitlines(), start=1)]
+
+
 def read_name_list(path: Path) -> list[tuple[int, str]]:
     """Non-empty lines of a name list as (line number, stripped text); a known image suffix is removed."""
     entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        text = line.strip()
+    for number, text in read_lines(path):
         if not text:
             continue
         if text.lower().endswith(IMAGE_SUFFIXES):

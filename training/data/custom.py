@@ -18,12 +18,13 @@ listing one in train.txt is an error. Nothing is decoded here, so start-up stays
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import os
 from pathlib import Path
 
 from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data.common import IMAGE_SUFFIXES, Item, ItemIndex, read_name_list
+from cosa_sdk.training.data.common import IMAGE_SUFFIXES, Item, ItemIndex, read_lines, read_name_list, read_text
 
 logger = logging.getLogger(__name__)
 MAX_CLASSES = 254  # mask value 255 is reserved for "ignore"
@@ -35,8 +36,7 @@ def read_classes(path: Path) -> list[str]:
         raise CosaDataError(f"{path} is missing: list the foreground class names there, one per line.")
     classes: list[str] = []
     seen: dict[str, int] = {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        name = line.strip()
+    for number, name in read_lines(path):
         if not name:
             continue
         where = f"{path}:{number}"
@@ -80,36 +80,90 @@ def _read_labels(path: Path, classes: list[str], images: dict[str, str]) -> dict
         )
     lookup = {name: i for i, name in enumerate(classes)}
     rows: dict[str, tuple[tuple[int, ...], int]] = {}
-    with path.open(newline="", encoding="utf-8") as handle:
-        reader = csv.reader(handle)
-        header = next(reader, None)
-        if header is None or [h.strip().lower() for h in header] != ["image", "labels"]:
-            raise CosaDataError(f"{path}:1: the header must be `image,labels`, got {','.join(header or [])!r}.")
-        for row in reader:
-            where = f"{path}:{reader.line_num}"
-            if not row or all(not field.strip() for field in row):
-                continue
-            if len(row) != 2:
-                raise CosaDataError(
-                    f"{where}: expected 2 fields `image,labels`, got {len(row)} ({','.join(row)!r}); "
-                    "separate class names with spaces, not commas."
-                )
-            image, names = row[0].strip(), row[1].split()
-            if not image:
-                raise CosaDataError(f"{where}: the image field is empty.")
-            stem = image.rsplit(".", 1)[0] if image.lower().endswith(IMAGE_SUFFIXES) else image
-            if stem not in images or (stem != image and images[stem] != image):
-                raise CosaDataError(f"{where}: image {image!r} not found in {path.parent / 'images'}.")
-            if stem in rows:
-                raise CosaDataError(f"{where}: duplicate row for {image!r} (first at line {rows[stem][1]}).")
-            unknown = [n for n in names if n not in lookup]
-            if unknown:
-                raise CosaDataError(
-                    f"{where}: unknown class {unknown[0]!r}; known classes (classes.txt): "
-                    f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}."
-                )
-            rows[stem] = (tuple(sorted({lookup[n] for n in names})), reader.line_num)
+    text = read_text(path)
+    finder = _ImageFinder(images, path.parent / "images")
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if header is None or [h.strip().lower() for h in header] != ["image", "labels"]:
+        raise CosaDataError(f"{path}:1: the header must be `image,labels`, got {','.join(header or [])!r}.")
+    for row in reader:
+        where = f"{path}:{reader.line_num}"
+        if not row or all(not field.strip() for field in row):
+            continue
+        if len(row) != 2:
+            raise CosaDataError(
+                f"{where}: expected 2 fields `image,labels`, got {len(row)} ({','.join(row)!r}); "
+                "separate class names with spaces, not commas."
+            )
+        image, names = row[0].strip(), row[1].split()
+        if not image:
+            raise CosaDataError(f"{where}: the image field is empty.")
+        stem = finder.find(image, where)
+        if stem in rows:
+            raise CosaDataError(f"{where}: duplicate row for {image!r} (first at line {rows[stem][1]}).")
+        unknown = [n for n in names if n not in lookup]
+        if unknown:
+            raise CosaDataError(
+                f"{where}: unknown class {unknown[0]!r}; known classes (classes.txt): "
+                f"{', '.join(classes[:20])}{' ...' if len(classes) > 20 else ''}."
+            )
+        rows[stem] = (tuple(sorted({lookup[n] for n in names})), reader.line_num)
+    finder.warn(path)
     return rows
+
+
+class _ImageFinder:
+    """Resolves an image named in labels.csv / train.txt / val.txt to its stem in images/.
+
+    A name that differs from the file only in upper/lower case (`a.jpg` for `images/a.JPG`) is accepted,
+    as Windows and macOS accept it, with one warning per file naming the exact name to write; a name
+    that matches two files that way, or none, is an error with a hint.
+    """
+
+    def __init__(self, images: dict[str, str], folder: Path) -> None:
+        self.images, self.folder = images, folder
+        self.by_name: dict[str, list[str]] = {}
+        self.by_stem: dict[str, list[str]] = {}
+        for stem, name in images.items():
+            self.by_name.setdefault(name.lower(), []).append(stem)
+            self.by_stem.setdefault(stem.lower(), []).append(stem)
+        self.case_fixed: list[tuple[str, str, str]] = []
+
+    def find(self, image: str, where: str) -> str:
+        has_suffix = image.lower().endswith(IMAGE_SUFFIXES)
+        stem = image.rsplit(".", 1)[0] if has_suffix else image
+        if stem in self.images and (not has_suffix or self.images[stem] == image):
+            return stem
+        matches = (self.by_name if has_suffix else self.by_stem).get(image.lower(), [])
+        if len(matches) == 1:
+            self.case_fixed.append((where, image, self.images[matches[0]]))
+            return matches[0]
+        if len(matches) > 1:
+            names = " and ".join(self.images[m] for m in sorted(matches))
+            raise CosaDataError(
+                f"{where}: image {image!r} matches {names} in {self.folder} when upper/lower case is ignored; "
+                "write the exact file name (or rename one of the files)."
+            )
+        hint = ""
+        if has_suffix and stem in self.images:
+            hint = f" ({self.images[stem]} exists: write {self.images[stem]!r} or just the stem {stem!r})"
+        elif has_suffix and len(self.by_stem.get(stem.lower(), [])) == 1:
+            other = self.images[self.by_stem[stem.lower()][0]]
+            hint = f" ({other} exists: write {other!r})"
+        raise CosaDataError(f"{where}: image {image!r} not found in {self.folder}{hint}.")
+
+    def warn(self, path: Path) -> None:
+        if self.case_fixed:
+            where, image, actual = self.case_fixed[0]
+            logger.warning(
+                "%s: %d image names differ from the files only in upper/lower case (first: %s %r is %s); using "
+                "those files. Write the exact names to silence this: file names are case-sensitive on Linux.",
+                path,
+                len(self.case_fixed),
+                where,
+                image,
+                actual,
+            )
 
 
 def read_custom(root: Path, split: str) -> ItemIndex:
@@ -178,12 +232,13 @@ def _read_list(path: Path, images: dict[str, str]) -> list[tuple[str, int]] | No
     if not path.is_file():
         return None
     seen: dict[str, int] = {}
-    for number, stem in read_name_list(path):
-        if stem not in images:
-            raise CosaDataError(f"{path}:{number}: image {stem!r} not found in {path.parent / 'images'}.")
+    finder = _ImageFinder(images, path.parent / "images")
+    for number, name in read_name_list(path):
+        stem = finder.find(name, f"{path}:{number}")
         if stem in seen:
             raise CosaDataError(f"{path}:{number}: {stem!r} is listed twice (first at line {seen[stem]}).")
         seen[stem] = number
+    finder.warn(path)
     return list(seen.items())
 
 

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -85,14 +87,69 @@ def default_train_split(path: Path) -> str:
     return "train"
 
 
+# The only globals a pickled dict of float arrays (np.save of an object array) needs: array
+# reconstruction, dtype and scalar. Anything else in the file is refused before it can run.
+_NPY_GLOBALS = frozenset(
+    {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric", "numpy._core.numeric")
+        for name in ("_reconstruct", "scalar", "_frombuffer")
+    }
+    | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"), ("collections", "OrderedDict")}
+)
+
+
+class _NumpyOnlyUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _NPY_GLOBALS:
+            raise pickle.UnpicklingError(f"refused global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def read_label_table(path: Path) -> dict[str, Any]:
+    """Read `cls_labels_onehot.npy` (a pickled name -> one-hot dict) without letting it run code.
+
+    Plain (non-object) .npy files load with `allow_pickle=False`; object arrays are unpickled with an
+    unpickler that only allows numpy array reconstruction, so a crafted file is refused, never executed.
+    """
+    fix = "delete it (the labels are then derived from the masks) or replace it with the official file"
+    try:
+        with path.open("rb") as handle:
+            version = np.lib.format.read_magic(handle)
+            read_header = (
+                np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            )
+            _, _, dtype = read_header(handle)
+            if not dtype.hasobject:
+                handle.seek(0)
+                table = np.load(handle, allow_pickle=False)
+            else:
+                table = _NumpyOnlyUnpickler(handle, encoding="latin1").load()
+    except pickle.UnpicklingError as exc:
+        raise CosaDataError(
+            f"{path}: refused to load it ({exc}): a label file only holds numpy arrays, and nothing in it was "
+            f"executed; {fix}."
+        ) from exc
+    except (OSError, ValueError, EOFError, TypeError, AttributeError, IndexError, KeyError) as exc:
+        raise CosaDataError(f"{path}: cannot read it as a name -> one-hot dict ({exc}); {fix}.") from exc
+    if isinstance(table, np.ndarray) and table.dtype.hasobject and table.shape == ():
+        table = table.item()
+    if not isinstance(table, dict):
+        raise CosaDataError(f"{path}: expected a name -> one-hot dict, got {type(table).__name__}; {fix}.")
+    return table
+
+
 def _official_labels(root: Path) -> dict[str, tuple[int, ...]] | None:
     path = root / "cls_labels_onehot.npy"
     if not path.is_file():
         return None
+    table = read_label_table(path)
     try:
-        table = np.load(path, allow_pickle=True).item()
-        return {str(k): tuple(int(i) for i in np.flatnonzero(np.asarray(v) > 0.5)) for k, v in table.items()}
-    except (OSError, ValueError, AttributeError) as exc:
+        return {
+            str(k): tuple(int(i) for i in np.flatnonzero(np.asarray(v, dtype=np.float64) > 0.5))
+            for k, v in table.items()
+        }
+    except (TypeError, ValueError) as exc:
         raise CosaDataError(f"{path}: cannot read it as a name -> one-hot dict ({exc}); remove it.") from exc
 
 
