@@ -198,6 +198,7 @@ def test_train_command_prints_the_data_line(tmp_path: Path, monkeypatch, capsys)
         def __init__(self, config, *, data_spec, **kwargs) -> None:
             self.ctx = types.SimpleNamespace(is_main=True)
             self.train_set = build_dataset(data_spec, "train", crop_size=16)
+            self.val_set = None  # the Trainer's val_set is None for data without masks
 
         def fit(self) -> dict:
             print("fit")

@@ -10,10 +10,13 @@ from pathlib import Path
 from cosa_sdk.errors import CosaConfigError
 from cosa_sdk.training.config import TrainConfig, apply_overrides, preset
 
+DEFAULT_DATA, DEFAULT_PRESET, DEFAULT_SUPERVISION = "synthetic", "tiny", "weak"
 
-def build_train_config(args: argparse.Namespace) -> TrainConfig:
-    """Preset, then `key=value` overrides, then the dedicated flags (which win)."""
-    config = apply_overrides(preset(args.preset), list(args.overrides or []))
+
+def build_train_config(args: argparse.Namespace, base: TrainConfig | None = None) -> TrainConfig:
+    """Preset (or `base`, a resumed run's config), then `key=value` overrides, then the dedicated flags (which win)."""
+    start = base if base is not None else preset(args.preset or DEFAULT_PRESET)
+    config = apply_overrides(start, list(args.overrides or []))
     changes = {}
     if args.iters is not None:
         if args.iters <= 0:
@@ -28,23 +31,58 @@ def build_train_config(args: argparse.Namespace) -> TrainConfig:
     return dataclasses.replace(config, **changes)
 
 
+def resolve_train_settings(args: argparse.Namespace) -> tuple[str, str, str | None, TrainConfig | None]:
+    """(data spec, supervision, preset name, base config) for `cosa train`.
+
+    Without --resume, options not given take their defaults. With --resume, options not given come from the
+    run's last.pt (or config.json when it died before its first checkpoint); options given are layered on
+    top, and the Trainer refuses any that change what the run computes, naming the difference.
+    """
+    from cosa_sdk.training.engine import saved_run
+
+    data = getattr(args, "data", None)
+    supervision = getattr(args, "supervision", None)
+    preset_name = getattr(args, "preset", None)
+    saved = saved_run(args.out) if getattr(args, "resume", False) and not getattr(args, "force", False) else None
+    if saved is None:
+        return data or DEFAULT_DATA, supervision or DEFAULT_SUPERVISION, preset_name or DEFAULT_PRESET, None
+    base = None
+    if preset_name is None or preset_name == saved["preset"]:
+        base = TrainConfig.from_dict(saved["config"])
+    return (
+        data or saved["data"] or DEFAULT_DATA,
+        supervision or saved["supervision"] or DEFAULT_SUPERVISION,
+        preset_name or saved["preset"],
+        base,
+    )
+
+
 def train_command(args: argparse.Namespace) -> int:
     from cosa_sdk.training.engine import Trainer
 
-    config = build_train_config(args)
+    data, supervision, preset_name, base = resolve_train_settings(args)
+    config = build_train_config(args, base)
+    from cosa_sdk.training.data.check import exclude_bad_items, validate_for_training
+
+    # Every image and mask is checked before the network is built (exit 2 + RUN_DIR/validation_report.txt).
+    checked = validate_for_training(data, args.out, skip_bad=getattr(args, "skip_bad_images", False))
     trainer = Trainer(
         config,
         run_dir=args.out,
-        data_spec=args.data,
-        supervision=args.supervision,
-        preset_name=args.preset,
+        data_spec=data,
+        supervision=supervision,
+        preset_name=preset_name,
         resume=args.resume,
         force=args.force,
     )
     if trainer.ctx.is_main:
         from cosa_sdk.training.data import data_summary
 
-        print(data_summary(args.data, trainer.train_set), flush=True)
+        print(data_summary(data, trainer.train_set), flush=True)
+    for role, dataset in (("train", trainer.train_set), ("val", trainer.val_set)):
+        bad = checked.bad_items(role)
+        if bad and dataset is not None:  # --skip-bad-images: train and score without them
+            exclude_bad_items(dataset, bad)
     summary = trainer.fit()
     if trainer.ctx.is_main:
         best = summary["best_seg_miou"]
