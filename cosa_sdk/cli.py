@@ -22,6 +22,7 @@ HANDLERS = {
     "export": "cosa_sdk.export.cli:export_command",
     "segment": "cosa_sdk.segment_cli:segment_command",
     "serve": "cosa_sdk.serving.cli:serve_command",
+    "data": "cosa_sdk.training.data_cli:data_command",
 }
 
 EXTRA_FOR_PACKAGE = {
@@ -72,25 +73,38 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--data",
         metavar="SPEC",
-        default="synthetic",
+        default=None,
         help=f"dataset: {DATA_FORMS}; PATH?split=NAME pins the training split "
-        "(VOC default: train_aug when present, else train) (default: synthetic)",
+        "(VOC default: train_aug when present, else train) (default: synthetic; with --resume: the run's)",
     )
     p.add_argument(
         "--preset",
-        default="tiny",
+        default=None,
         help="hyper-parameters to start from: voc | coco (the paper's recipes) | official (the released VOC "
-        "code path, quirks included) | tiny (minutes on a CPU) (default: %(default)s)",
+        "code path, quirks included) | tiny (minutes on a CPU) (default: tiny; with --resume: the run's)",
     )
     p.add_argument("--out", required=True, help="run directory (config.json, last.pt, best.pt, ...)")
     p.add_argument("--iters", type=int, default=None, help="total iterations (default: the preset's)")
-    p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/last.pt")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue RUN_DIR from last.pt with the run's own settings (data, preset, overrides, supervision); "
+        "options given must match them. A run that died before its first checkpoint restarts from step 0",
+    )
     p.add_argument("--force", action="store_true", help="start over in a non-empty run directory")
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="the dataset is validated before training (every image decodes, every mask fits its image); "
+        "by default any problem stops the run with exit 2 and RUN_DIR/validation_report.txt. With this flag "
+        "unreadable images and bad masks are left out (listed in that report) and training goes on",
+    )
     p.add_argument(
         "--supervision",
         choices=["weak", "full"],
-        default="weak",
-        help="weak: image-level labels (CoSA); full: ground-truth masks (upper bound)",
+        default=None,
+        help="weak: image-level labels (CoSA); full: ground-truth masks (upper bound) (default: weak; with "
+        "--resume: the run's)",
     )
     p.add_argument(
         "--backbone-weights",
@@ -315,6 +329,68 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override tiny-preset values")
 
 
+def _add_data_check(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "check",
+        help="validate a dataset and describe it before training",
+        description="Validate every image and mask of a dataset and describe it (classes, label sets, "
+        "co-occurrence) before spending GPU hours on it.",
+    )
+    p.add_argument("data", metavar="DIR|SPEC", help=f"a custom-format folder or {DATA_FORMS}")
+    p.add_argument("--report", metavar="FILE", default=None, help="also write a self-contained HTML page with plots")
+    p.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="re-read every file (by default files unchanged in size and mtime since the last check are skipped; "
+        "the cache lives in $COSA_CACHE_DIR/checks, default ~/.cache/cosa-sdk/checks)",
+    )
+    p.add_argument(
+        "--max-problems", type=int, default=None, metavar="N", help="print at most N problems (default: all)"
+    )
+
+
+def _add_data_import(dsub: argparse._SubParsersAction) -> None:
+    p = dsub.add_parser(
+        "import",
+        help="convert a dataset into the custom format",
+        description="Convert images with labels in a common format into cosa-sdk's custom format.",
+    )
+    p.add_argument("source", metavar="SOURCE", help="the folder or annotation file to import")
+    p.add_argument("--out", required=True, help="the custom-format folder to write")
+    p.add_argument(
+        "--format",
+        choices=("imagefolder", "csv", "coco", "voc-xml", "label-studio"),
+        default=None,
+        help="the source format (default: detected from SOURCE)",
+    )
+    p.add_argument("--image-col", default=None, help="CSV: the image column; Label Studio: the data key of the image")
+    p.add_argument("--labels-col", default=None, help="CSV: the labels column (default: labels, label, tags, ...)")
+    p.add_argument("--sep", default=None, help="CSV: the label separator (default: spaces, commas, ; or |)")
+    p.add_argument("--images-dir", default=None, help="CSV/JSON/XML: the folder image paths are relative to")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=None,
+        help="share of images held out for validation (default: 0.2 of the images with masks; 0 without masks)",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
+    p.add_argument("--link", action="store_true", help="hard-link (else symlink) the images instead of copying")
+    p.add_argument("--force", action="store_true", help="replace an existing custom-format --out folder")
+
+
+def _add_data(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "data",
+        help="check a dataset, or import one into the custom format",
+        description="Dataset tools: `cosa data check` validates and describes, `cosa data import` converts.",
+    )
+    dsub = p.add_subparsers(
+        dest="data_command", required=True, metavar="ACTION", title="actions", help="check or import"
+    )
+    _add_data_check(dsub)
+    _add_data_import(dsub)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The full `cosa` parser; sub-command handlers are imported only when chosen."""
     parser = argparse.ArgumentParser(
@@ -324,7 +400,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(
         dest="command", required=True, metavar="COMMAND", title="commands", help="one of these (cosa COMMAND --help):"
     )
-    for add in (_add_train, _add_eval, _add_import_official, _add_export, _add_segment, _add_serve, _add_demo):
+    for add in (
+        _add_data,
+        _add_train,
+        _add_eval,
+        _add_import_official,
+        _add_export,
+        _add_segment,
+        _add_serve,
+        _add_demo,
+    ):
         add(sub)
     return parser
 
