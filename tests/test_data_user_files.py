@@ -171,3 +171,25 @@ def test_phone_photos_decode_upright_in_training_eval_and_the_sdk(tmp_path: Path
     sample = train[0]
     assert sample["name"] == "a" and bool(sample["has_mask"])
     assert cosa_sdk.inputs.decode_image is decode_image
+
+
+# ------------------------------------------------------------------------------- unusual but good
+def test_an_excel_phone_photo_dataset_trains_through_cosa_train(tmp_path: Path, monkeypatch) -> None:
+    """BOM + CRLF + spaces, an EXIF-rotated photo with its upright mask and a name differing in case: it
+    passes the pre-training validation and trains."""
+    from test_engine import TINY_OVERRIDES
+
+    from cosa_sdk.cli import main as cosa_main
+
+    monkeypatch.setenv("COSA_CACHE_DIR", str(tmp_path / "cache"))
+    root = make_custom(tmp_path / "d", size=(64, 64))
+    upright = _phone_photo(root / "images" / "E.JPG")
+    upright[upright == 1] = CLASSES.index("cat") + 1
+    Image.fromarray(upright, mode="L").save(root / "masks" / "e.png")
+    rows = ["image,labels", "a.png , cat", "b.png,dog bird", "c.png,bird", "d.png,cat dog", "e.jpg,cat"]
+    (root / "labels.csv").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(rows).encode() + b"\r\n")
+    (root / "classes.txt").write_bytes(b"\xef\xbb\xbf" + "\r\n".join(CLASSES).encode() + b"\r\n")
+    run = tmp_path / "run"
+    args = ["train", "--data", f"custom:{root}", "--out", str(run), "--iters", "2", *TINY_OVERRIDES]
+    assert cosa_main(args) == 0
+    assert (run / "last.pt").is_file() and not (run / "validation_report.txt").exists()
