@@ -43,6 +43,8 @@ bundle (ONNX, INT8, TensorRT), then segment images with it or serve it over HTTP
 EPILOG = """\
 typical use:
   cosa demo                                                          all of it on a built-in benchmark
+  cosa data import labels.csv --out pets/                            bring your labelled images
+  cosa data check pets/                                              validate and describe them
   cosa train --data custom:pets/ --preset tiny --out runs/pets       train from image labels
   cosa eval runs/pets/best.pt                                        score it (mIoU)
   cosa export runs/pets/best.pt --out bundles/pets --int8            write a model bundle
