@@ -29,7 +29,8 @@ from cosa_sdk.training.official import (
     official_shapes,
 )
 
-KEYS_LISTING = Path("/work/shared/design/official-checkpoint-keys.json")
+# the official network's state-dict keys and shapes, dumped from the released checkpoints' network
+KEYS_LISTING = Path(__file__).parent / "data" / "official-checkpoint-keys.json"
 
 
 class _Pools:
@@ -209,11 +210,10 @@ def test_key_listing_matches_the_official_network() -> None:
     assert len(voc) == len(coco) == 157
     assert sum(math.prod(s) for s in voc.values()) == 92_507_368
     assert sum(math.prod(s) for s in coco.values()) == 92_630_248
-    if KEYS_LISTING.is_file():  # the dump of the official network, where the design notes are available
-        listing = json.loads(KEYS_LISTING.read_text())
-        for name, table in (("voc", voc), ("coco", coco)):
-            assert list(listing[name]) == list(table)
-            assert {k: tuple(v) for k, v in listing[name].items()} == table
+    listing = json.loads(KEYS_LISTING.read_text())
+    for name, table in (("voc", voc), ("coco", coco)):
+        assert list(listing[name]) == list(table)
+        assert {k: tuple(v) for k, v in listing[name].items()} == table
 
 
 def test_coco_student_file(tmp_path: Path, pools: _Pools) -> None:
