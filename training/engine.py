@@ -29,6 +29,7 @@ from cosa_sdk.training.evaluate import evaluate
 from cosa_sdk.training.iteration import IterationResult, TrainingIteration, per_process_batch
 from cosa_sdk.training.network import CoSANetwork
 from cosa_sdk.training.sampler import StepBatchSampler
+from cosa_sdk.training.step import CoSALosses
 from cosa_sdk.training.visualize import save_training_samples
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "samples")
@@ -143,8 +144,6 @@ class Trainer:
         self.iteration = TrainingIteration.build(
             cfg, self.online, supervision=supervision, world_size=self.ctx.world_size
         )
-        self.assignment, self.losses = self.iteration.assignment, self.iteration.losses
-        self.optimizer = self.iteration.optimizer
         self.step, self.best_score, self.last_metrics = 0, float("-inf"), {}
         if self.resume_record is not None:
             self._restore(self.resume_record)
@@ -153,6 +152,19 @@ class Trainer:
             self.iteration.model = DistributedDataParallel(
                 self.online, device_ids=device_ids, find_unused_parameters=True
             )
+
+    # The iteration owns the networks, losses and optimiser; the Trainer reads them through it.
+    @property
+    def assignment(self) -> torch.nn.Module | None:
+        return self.iteration.assignment
+
+    @property
+    def losses(self) -> CoSALosses | None:
+        return self.iteration.losses
+
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        return self.iteration.optimizer
 
     # ----------------------------------------------------------------------------------------- run dir
     def _prepare_run_dir(self, *, resume: bool, force: bool) -> dict[str, Any] | None:

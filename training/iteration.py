@@ -20,9 +20,6 @@ from cosa_sdk.training.ema import ema_update, make_assignment_network
 from cosa_sdk.training.schedule import build_optimizer, set_lr
 from cosa_sdk.training.step import CoSALosses, PseudoLabels, supervised_loss
 
-LR_WARMUP_RATIO = 1e-6
-LR_POWER = 0.9
-
 
 @dataclass
 class IterationResult:
@@ -85,14 +82,7 @@ class TrainingIteration:
 
     def __call__(self, batch: dict[str, torch.Tensor], step: int) -> IterationResult:
         cfg = self.config
-        lrs = set_lr(
-            self.optimizer,
-            step,
-            warmup_iter=cfg.lr_warmup_iters,
-            max_iter=cfg.iters,
-            warmup_ratio=LR_WARMUP_RATIO,
-            power=LR_POWER,
-        )
+        lrs = set_lr(self.optimizer, step, warmup_iter=cfg.lr_warmup_iters, max_iter=cfg.iters)
         with self._autocast(batch["strong"].device):
             if self.losses is not None:
                 loss, terms, pseudo = self.losses(self.model, self.assignment, batch, step)
