@@ -51,6 +51,10 @@ PORTABLE_ARTIFACT = "onnx_int8"  # 7-bit weights: any CPU
 VNNI_ARTIFACT = "onnx_int8_vnni"  # 8-bit weights: CPUs with VNNI only
 
 
+class Int8GateError(CosaModelError):
+    """No INT8 candidate agreed with fp32 well enough: the export is refused, nothing was written."""
+
+
 @dataclass
 class Int8Result:
     """The INT8 file, how it was made, and how it compares with fp32 (agreement, speed) on this machine."""
@@ -360,7 +364,7 @@ def quantize_checked(
         if chosen is None or leftover != chosen.path:
             leftover.unlink()
     if chosen is None:
-        raise CosaModelError(
+        raise Int8GateError(
             f"no INT8 version agrees with fp32 on {100 * min_agreement:g} % of pixels of both the validation "
             f"images and the photographs (tried {describe_attempts(tried)}); nothing was written. This happens "
             "when the fp32 model is undecided on many pixels (an early checkpoint): ship fp32 only (drop --int8), "
