@@ -40,7 +40,6 @@ from trained_model import checkpoint_record, normalise, synthetic_scenes, write_
 
 from cosa_sdk.cpu import exact_kernels_needed, hardware  # noqa: E402
 from cosa_sdk.export.pipeline import ExportOptions, export_bundle  # noqa: E402
-from cosa_sdk.export.quantize import cpu_flags, has_vnni  # noqa: E402
 from cosa_sdk.training.checkpoint import save_checkpoint  # noqa: E402
 from cosa_sdk.training.network import CoSANetwork  # noqa: E402
 
@@ -320,12 +319,12 @@ def main() -> int:
     args = parser.parse_args()
     args.runs, args.steps, args.calibration = (5, 15, 8) if args.quick else (15, 40, 16)
     peak = matmul_peak_gflops(args.threads)
-    flags = cpu_flags()
+    flags = hardware().flags
     results: dict[str, Any] = {
         "machine": {
             "cpu": platform.processor() or platform.machine(),
             "avx2": "avx2" in flags,
-            "vnni": has_vnni(flags),
+            "vnni": hardware().vnni,
             "cpu_features": hardware().describe(),
             "avx512": "avx512f" in flags,
         },

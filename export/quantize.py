@@ -107,15 +107,6 @@ class Int8Result:
         return {"weight_bits": self.weight_bits, "agreement": dict(self.agreements), "min_agreement": min_agreement}
 
 
-def cpu_flags() -> set[str]:
-    """The CPU feature flags of this machine (Linux /proc/cpuinfo; empty elsewhere); see `cosa_sdk.cpu`."""
-    return set(cpu.hardware().flags)
-
-
-def has_vnni(flags: set[str] | None = None) -> bool:
-    return cpu.CpuInfo(frozenset(cpu_flags() if flags is None else flags), "").vnni
-
-
 def calibration_reader(images: np.ndarray, input_name: str) -> Any:
     """A CalibrationDataReader over a fixed array of normalised images, one image per step."""
     from onnxruntime.quantization import CalibrationDataReader

@@ -19,7 +19,7 @@ from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
 from cosa_sdk.export import int8_graph, quantize  # noqa: E402
 from cosa_sdk.export.int8_graph import quantization_plan  # noqa: E402
 from cosa_sdk.export.parity import ort_session  # noqa: E402
-from cosa_sdk.export.quantize import Int8Result, has_vnni  # noqa: E402
+from cosa_sdk.export.quantize import Int8Result  # noqa: E402
 
 
 def conv(name: str, source: str, out: str, weight: str, group: int = 1) -> onnx.NodeProto:
@@ -110,6 +110,9 @@ def test_dynamic_plan_needs_matmuls() -> None:
 
 
 def test_vnni_detection_reads_cpu_flags() -> None:
+    def has_vnni(flags: set[str]) -> bool:
+        return cpu.CpuInfo(frozenset(flags), "test").vnni
+
     assert has_vnni({"avx2", "avx512_vnni"}) and has_vnni({"avx_vnni"})
     assert not has_vnni({"avx2", "fma", "avx512f"})
 
