@@ -26,6 +26,18 @@ def conv(name: str, source: str, out: str, weight: str, group: int = 1) -> onnx.
     return helper.make_node("Conv", [source, weight], [out], name=name, group=group)
 
 
+def image_to_logits_model(nodes: list, weights: list) -> onnx.ModelProto:
+    """A graph from a 1 x 3 x 8 x 8 `image` to `logits` with the given nodes and initializers."""
+    body = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=weights,
+    )
+    return helper.make_model(body)
+
+
 def cnn_like(with_matmul: bool = False) -> onnx.ModelProto:
     weights = [
         numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w_stem"),
@@ -43,14 +55,7 @@ def cnn_like(with_matmul: bool = False) -> onnx.ModelProto:
         weights.append(numpy_helper.from_array(np.zeros((4, 4), np.float32), "w_mm"))
         nodes[-1] = conv("classifier", "c", "d", "w_cls")
         nodes.append(helper.make_node("MatMul", ["d", "w_mm"], ["logits"], name="mm"))
-    body = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-        initializer=weights,
-    )
-    return helper.make_model(body)
+    return image_to_logits_model(nodes, weights)
 
 
 def test_static_plan_keeps_stem_depthwise_and_logits_in_fp32() -> None:
@@ -79,14 +84,7 @@ def vit_like(blocks: int = 3) -> onnx.ModelProto:
     nodes.append(helper.make_node("LayerNormalization", [f"x{blocks}", "gamma", "beta"], ["y"], name="norm", axis=-1))
     weights.append(numpy_helper.from_array(np.zeros((3, 4, 1, 1), np.float32), "w_cls"))
     nodes.append(conv("classifier", "y", "logits", "w_cls"))
-    body = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-        initializer=weights,
-    )
-    return helper.make_model(body)
+    return image_to_logits_model(nodes, weights)
 
 
 def test_static_cpu_plan_keeps_attention_matmuls_and_the_first_block_in_fp32() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy_bundle import cached_toy_bundle, make_toy_bundle
+from toy_bundle import FakeSession, cached_toy_bundle, make_toy_bundle
 
 import cosa_sdk
 from cosa_sdk.backends import tensorrt as trt_backend
@@ -240,19 +240,6 @@ def test_int8_is_only_used_when_asked() -> None:
     seg = cosa_sdk.load(int8_bundle, backend="onnxruntime-int8")
     assert seg.backend == "onnxruntime-int8"
     assert seg.info()["providers"] == ["CPUExecutionProvider"]
-
-
-class FakeSession:
-    """An InferenceSession double whose real providers we control."""
-
-    def __init__(self, real, providers: list[str]) -> None:
-        self.real, self._providers = real, providers
-
-    def get_providers(self) -> list[str]:
-        return self._providers
-
-    def __getattr__(self, name: str):
-        return getattr(self.real, name)
 
 
 @pytest.mark.parametrize(

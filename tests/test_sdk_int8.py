@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from toy_bundle import cached_toy_bundle
+from toy_bundle import FakeSession, cached_toy_bundle
 
 import cosa_sdk
 from cosa_sdk import cpu
@@ -218,19 +218,6 @@ def test_malformed_int8_key_is_refused(tmp_path: Path) -> None:
     root = int8_bundle(tmp_path / "b", ("onnx_int8",), int8={"onnx_int8": 7})
     with pytest.raises(CosaModelError, match="'int8' must map INT8 artifacts"):
         cosa_sdk.load(root)
-
-
-class FakeSession:
-    """An InferenceSession double whose real providers we control."""
-
-    def __init__(self, real, providers: list[str]) -> None:
-        self.real, self._providers = real, providers
-
-    def get_providers(self) -> list[str]:
-        return self._providers
-
-    def __getattr__(self, name: str):
-        return getattr(self.real, name)
 
 
 @pytest.mark.parametrize(

@@ -193,3 +193,16 @@ def cached_toy_bundle(**options: Any) -> Path:
         atexit.register(shutil.rmtree, folder, ignore_errors=True)
         _CACHE[key] = make_toy_bundle(Path(folder) / "bundle", **options)
     return _CACHE[key]
+
+
+class FakeSession:
+    """An InferenceSession double whose real providers we control."""
+
+    def __init__(self, real, providers: list[str]) -> None:
+        self.real, self._providers = real, providers
+
+    def get_providers(self) -> list[str]:
+        return self._providers
+
+    def __getattr__(self, name: str):
+        return getattr(self.real, name)

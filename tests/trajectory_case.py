@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 
+from cosa_sdk.training.config import IMAGENET_MEAN, IMAGENET_STD
+
 PAD_KINDS = {"pad": (0.35, 0.3), "heavy": (0.2, 0.1)}
-MEAN = (0.485, 0.456, 0.406)
-STD = (0.229, 0.224, 0.225)
 
 
 def state_dict_keys(*, embed_dim: int, depth: int, patch: int, grid: int, width: int, classes: int) -> list:
@@ -182,8 +182,8 @@ def batches(case: dict[str, Any]) -> dict[str, np.ndarray]:
         "strong_u8": strong,
         "cls_label": labels,
         "img_box": boxes,
-        "mean": np.asarray(MEAN, np.float32),
-        "std": np.asarray(STD, np.float32),
+        "mean": np.asarray(IMAGENET_MEAN, np.float32),
+        "std": np.asarray(IMAGENET_STD, np.float32),
     }
 
 
