@@ -31,6 +31,15 @@ from cosa_sdk.training.permutohedral import lattice_filter
 FILTERS = ("lattice", "grid", "exact")
 
 
+def _scaled_positions(images: torch.Tensor, sigma_xy: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column) coordinates of every pixel over sigma_xy, each H x W."""
+    h, w = images.shape[-2:]
+    ys = torch.arange(h, dtype=torch.float32, device=images.device) / sigma_xy
+    xs = torch.arange(w, dtype=torch.float32, device=images.device) / sigma_xy
+    rows, cols = torch.meshgrid(ys, xs, indexing="ij")
+    return rows, cols
+
+
 def bilateral_features(
     images: torch.Tensor, *, sigma_xy: float, sigma_rgb: float, decorrelate: bool = True
 ) -> torch.Tensor:
@@ -41,9 +50,7 @@ def bilateral_features(
     the bilateral grid) shrinks a lot for natural images, whose RGB channels are strongly correlated.
     """
     b, _, h, w = images.shape
-    ys = torch.arange(h, dtype=torch.float32, device=images.device) / sigma_xy
-    xs = torch.arange(w, dtype=torch.float32, device=images.device) / sigma_xy
-    pos = torch.stack(torch.meshgrid(ys, xs, indexing="ij")).unsqueeze(0).expand(b, 2, h, w)
+    pos = torch.stack(_scaled_positions(images, sigma_xy)).unsqueeze(0).expand(b, 2, h, w)
     colors = images.reshape(b, 3, h * w).double()
     if decorrelate:
         centred = colors - colors.mean(dim=2, keepdim=True)
@@ -58,9 +65,7 @@ def lattice_features(images: torch.Tensor, *, sigma_xy: float, sigma_rgb: float)
     The lattice is not rotation invariant, so unlike ``bilateral_features`` the colours stay as given.
     """
     b, _, h, w = images.shape
-    ys = torch.arange(h, dtype=torch.float32, device=images.device) / sigma_xy
-    xs = torch.arange(w, dtype=torch.float32, device=images.device) / sigma_xy
-    rows, cols = torch.meshgrid(ys, xs, indexing="ij")
+    rows, cols = _scaled_positions(images, sigma_xy)
     pos = torch.stack([cols, rows]).reshape(1, 2, h * w).expand(b, 2, h * w)
     return torch.cat([pos, images.reshape(b, 3, h * w).float() / sigma_rgb], dim=1)
 
