@@ -30,12 +30,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cosa_sdk.training.checkpoint import build_network, load_checkpoint, save_checkpoint
 from cosa_sdk.training.config import TrainConfig, preset
 from cosa_sdk.training.data import build_dataset, ensure_synthetic, parse_data_spec
-from cosa_sdk.training.engine import Trainer
-from cosa_sdk.training.evaluate import cam_to_label, predict_maps
-from cosa_sdk.training.metrics import ConfusionMatrix
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint, save_checkpoint
+from cosa_sdk.training.engine.trainer import Trainer
+from cosa_sdk.training.evaluation.evaluate import cam_to_label, predict_maps
+from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
 
 RESULTS = Path(__file__).resolve().parent / "results"
 

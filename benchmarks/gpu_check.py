@@ -1,7 +1,7 @@
 """One prepared GPU check: train the `voc` preset for a few hundred steps, export it, compare runtimes.
 
 Sections (each recorded on its own: a failure is printed and stored, the next section still runs):
-1. train: the `voc` preset (ViT-B/16, crop 448, batch 4, bf16 AMP) through `cosa_sdk.training.engine.Trainer`
+1. train: the `voc` preset (ViT-B/16, crop 448, batch 4, bf16 AMP) through `cosa_sdk.training.engine.trainer.Trainer`
    on the synthetic dataset at VOC's image size, random backbone weights, a short loss warm-up so the
    timed steps hold both warm-up and co-training; it/s per phase, peak GPU memory, projected 32k schedule.
 2. export: `cosa_sdk.export.export_bundle` on that run's checkpoint (the `cosa export` path, its CPU parity check).

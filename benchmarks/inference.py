@@ -40,8 +40,8 @@ from trained_model import checkpoint_record, normalise, synthetic_scenes, write_
 
 from cosa_sdk.cpu import exact_kernels_needed, hardware  # noqa: E402
 from cosa_sdk.export.pipeline import ExportOptions, export_bundle  # noqa: E402
-from cosa_sdk.training.checkpoint import save_checkpoint  # noqa: E402
-from cosa_sdk.training.network import CoSANetwork  # noqa: E402
+from cosa_sdk.training.engine.checkpoint import save_checkpoint  # noqa: E402
+from cosa_sdk.training.model.network import CoSANetwork  # noqa: E402
 
 MODELS = {
     "tiny": {

@@ -52,7 +52,7 @@ def export_vit_bundle(out: Path, *, backbone: str, size: int, decoder_channels: 
     """A bundle (cosa.json + model.onnx, dynamic batch) of a randomly initialised segmentation stream."""
     import torch
 
-    from cosa_sdk.training.network import SegmentationStream
+    from cosa_sdk.training.model.network import SegmentationStream
 
     config = {
         "backbone": backbone,

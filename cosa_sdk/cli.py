@@ -18,11 +18,11 @@ HANDLERS = {
     "train": "cosa_sdk.training.cli:train_command",
     "eval": "cosa_sdk.training.cli:eval_command",
     "import-official": "cosa_sdk.training.cli:import_official_command",
-    "demo": "cosa_sdk.training.demo:demo_command",
+    "demo": "cosa_sdk.demo.app:demo_command",
     "export": "cosa_sdk.export.cli:export_command",
     "segment": "cosa_sdk.segment_cli:segment_command",
     "serve": "cosa_sdk.serving.cli:serve_command",
-    "data": "cosa_sdk.training.data_cli:data_command",
+    "data": "cosa_sdk.training.data.cli:data_command",
 }
 
 EXTRA_FOR_PACKAGE = {

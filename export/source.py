@@ -95,7 +95,7 @@ def load_source(
     checkpoint: str | Path, *, network: str = "auto", input_size: Sequence[int] | None = None
 ) -> ExportSource:
     """Load a checkpoint (clear CosaModelError for missing, truncated or foreign files) and resolve the export."""
-    from cosa_sdk.training.checkpoint import build_network, load_checkpoint, network_state
+    from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint, network_state
 
     path = Path(checkpoint).expanduser()
     record = load_checkpoint(path)

@@ -17,11 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosa_sdk.training.dynamic_threshold import DynamicThreshold, gmm_thresholds
-from cosa_sdk.training.losses import balanced_seg_loss, seg_to_cam_loss
-from cosa_sdk.training.metrics import ConfusionMatrix
-from cosa_sdk.training.pseudo_labels import cam_pseudo_label, segmentation_pseudo_label, teacher_fusion
-from cosa_sdk.training.schedule import set_lr
+from cosa_sdk.training.engine.schedule import set_lr
+from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
+from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold, gmm_thresholds
+from cosa_sdk.training.method.losses import balanced_seg_loss, seg_to_cam_loss
+from cosa_sdk.training.method.pseudo_labels import cam_pseudo_label, segmentation_pseudo_label, teacher_fusion
 
 _SHAPE_TAG = re.compile(r"_[0-9A-Za-z]+(?:x[0-9A-Za-z]+)+$")
 

@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import ablation  # noqa: E402
 from test_engine import DATA, tiny_config  # noqa: E402
 
-from cosa_sdk.training.engine import Trainer  # noqa: E402
+from cosa_sdk.training.engine.trainer import Trainer  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -7,7 +7,7 @@ import pytest
 
 pytest.importorskip("pydensecrf")
 
-from cosa_sdk.training.crf_postprocess import dense_crf
+from cosa_sdk.training.evaluation.crf_postprocess import dense_crf
 
 
 def test_crf_moves_a_blurry_boundary_onto_the_image_edge() -> None:

@@ -1,4 +1,4 @@
-"""Dataset validation before training and `cosa data check` (training/data/check.py)."""
+"""Dataset validation before training and `cosa data check` (training/data/check/validate.py)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,13 @@ from PIL import Image
 
 from cosa_sdk.cli import main
 from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data import check as check_mod
-from cosa_sdk.training.data.check import describe_dataset, format_stats, validate_dataset, validate_for_training
+from cosa_sdk.training.data.check import validate as check_mod
+from cosa_sdk.training.data.check.validate import (
+    describe_dataset,
+    format_stats,
+    validate_dataset,
+    validate_for_training,
+)
 
 CLASSES = ["cat", "dog", "bird"]
 
@@ -197,8 +202,8 @@ def test_cosa_data_check_command_and_html(tmp_path: Path, cache: Path, monkeypat
 
 def test_html_report_renders_in_headless_chromium(tmp_path: Path, cache: Path) -> None:
     pytest.importorskip("matplotlib")
-    from cosa_sdk.training.browser import check_report, find_browser
-    from cosa_sdk.training.data.check_report import write_check_report
+    from cosa_sdk.demo.browser import check_report, find_browser
+    from cosa_sdk.training.data.check.report import write_check_report
 
     if find_browser() is None:
         pytest.skip("no Chromium here (apt-get install chromium)")

@@ -44,7 +44,7 @@ def _check(out: Path) -> None:
     """`cosa data check` on an imported folder, when the check command (another module) is present."""
     import importlib
 
-    from cosa_sdk.training.data_cli import ACTIONS
+    from cosa_sdk.training.data.cli import ACTIONS
 
     module, func = ACTIONS["check"].split(":")
     try:

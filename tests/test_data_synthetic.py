@@ -15,8 +15,8 @@ from scipy import ndimage
 
 from cosa_sdk.errors import CosaConfigError
 from cosa_sdk.training.data import build_dataset, ensure_synthetic, generate_synthetic, read_index
-from cosa_sdk.training.data.synthetic import COMPLETE_MARKER, synthetic_name
-from cosa_sdk.training.data.synthetic_render import (
+from cosa_sdk.training.data.readers.synthetic import COMPLETE_MARKER, synthetic_name
+from cosa_sdk.training.data.readers.synthetic_render import (
     CLASS_NAMES,
     CONTEXT_CLASS,
     COOCCURRING_PAIR,

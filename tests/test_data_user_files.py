@@ -18,12 +18,12 @@ from test_data_voc_coco import make_voc
 import cosa_sdk
 from cosa_sdk.errors import CosaDataError, CosaModelError
 from cosa_sdk.inputs import decode_image
-from cosa_sdk.training.checkpoint import load_checkpoint
 from cosa_sdk.training.data import build_dataset, read_index
 from cosa_sdk.training.data.common import read_image
-from cosa_sdk.training.data.voc import read_label_table
+from cosa_sdk.training.data.readers.voc import read_label_table
+from cosa_sdk.training.engine.checkpoint import load_checkpoint
 
-CUSTOM_WARNING = "cosa_sdk.training.data.custom"
+CUSTOM_WARNING = "cosa_sdk.training.data.readers.custom"
 
 
 class _WritesMarker:

@@ -82,7 +82,7 @@ def test_voc_official_label_file_takes_precedence(tmp_path: Path) -> None:
     assert [it.labels for it in index.items] == [(3,), (4,)]
 
 
-VOC_WARNING = "cosa_sdk.training.data.voc"
+VOC_WARNING = "cosa_sdk.training.data.readers.voc"
 
 
 def test_voc_training_role_prefers_train_aug(tmp_path: Path, caplog) -> None:
@@ -188,7 +188,7 @@ def test_coco_and_custom_training_role_reads_train(tmp_path: Path) -> None:
 
 
 def test_train_command_prints_the_data_line(tmp_path: Path, monkeypatch, capsys) -> None:
-    import cosa_sdk.training.engine as engine
+    import cosa_sdk.training.engine.trainer as engine
     from cosa_sdk.training import cli
 
     make_voc(tmp_path)

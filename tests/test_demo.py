@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 from test_engine import TINY_OVERRIDES
 
 from cosa_sdk.cli import main as cosa_main
-from cosa_sdk.training.browser import check_report, find_browser
+from cosa_sdk.demo.browser import check_report, find_browser
 
 DATA = "synthetic:n_train=12,n_val=4,size=64,seed=3"
 

@@ -17,7 +17,7 @@ torch = pytest.importorskip("torch")
 from cosa_sdk.cli import main as cosa_main  # noqa: E402
 from cosa_sdk.errors import CosaConfigError  # noqa: E402
 from cosa_sdk.training.config import preset  # noqa: E402
-from cosa_sdk.training.engine import Trainer  # noqa: E402
+from cosa_sdk.training.engine.trainer import Trainer  # noqa: E402
 
 DATA = "synthetic:n_train=12,n_val=4,size=64,seed=3"
 # A small, fast variant of the tiny preset: random-init ViT-Tiny, 64 px crops, pseudo-labels from step 3.
@@ -230,7 +230,7 @@ DDP_SCRIPT = textwrap.dedent(
     """
     import dataclasses, hashlib, os, sys, torch
     from cosa_sdk.training.config import preset
-    from cosa_sdk.training.engine import Trainer
+    from cosa_sdk.training.engine.trainer import Trainer
     torch.set_num_threads(1)
     config = dataclasses.replace(
         preset("tiny"), backbone="vit_tiny_patch16_224", backbone_weights=None, freeze_blocks=0, crop_size=32,
@@ -277,7 +277,7 @@ def test_two_process_gloo_ranks_hold_identical_weights(tmp_path) -> None:
 
 
 def test_step_batches_split_one_stream_across_ranks_and_resume_exactly() -> None:
-    from cosa_sdk.training.sampler import StepBatchSampler
+    from cosa_sdk.training.engine.sampler import StepBatchSampler
 
     ranks = [StepBatchSampler(num_samples=5, batch_size=2, total_steps=4, seed=1, rank=r, world_size=2) for r in (0, 1)]
     batches = [list(sampler) for sampler in ranks]

@@ -21,8 +21,8 @@ from cosa_sdk import cpu  # noqa: E402
 from cosa_sdk.cli import main  # noqa: E402
 from cosa_sdk.errors import CosaModelError  # noqa: E402
 from cosa_sdk.export.int8_graph import SAFE_WEIGHT_MAX, max_abs_weight  # noqa: E402
-from cosa_sdk.training.checkpoint import build_network, load_checkpoint  # noqa: E402
-from cosa_sdk.training.network import SegmentationStream  # noqa: E402
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
+from cosa_sdk.training.model.network import SegmentationStream  # noqa: E402
 
 
 def export(checkpoint: Path, out: Path, *args: str) -> tuple[Path, str]:

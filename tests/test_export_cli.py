@@ -15,7 +15,7 @@ from trained_model import cached_checkpoint, one_torch_thread  # noqa: E402, F40
 
 from cosa_sdk.cli import main  # noqa: E402
 from cosa_sdk.export import pipeline  # noqa: E402
-from cosa_sdk.training.checkpoint import CHECKPOINT_FORMAT, load_checkpoint  # noqa: E402
+from cosa_sdk.training.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")

@@ -114,7 +114,7 @@ def test_parser_check_flags_onnx_runtime_int8_graphs() -> None:
 def test_exported_fp32_graph_is_parseable(tmp_path: Path) -> None:
     torch = pytest.importorskip("torch")
     from cosa_sdk.export.onnx_export import export_onnx
-    from cosa_sdk.training.network import CoSANetwork
+    from cosa_sdk.training.model.network import CoSANetwork
 
     torch.manual_seed(0)
     stream = CoSANetwork(backbone="vit_tiny_patch16_224", num_classes=2, decoder_channels=16).seg_stream().eval()

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.contrastive import contrastive_separation_loss
+from cosa_sdk.training.method.contrastive import contrastive_separation_loss
 
 
 def _two_class_image(separation: float, d: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -11,14 +11,14 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.crf_loss import (
+from cosa_sdk.training.method.crf_loss import (
     DenseCRFLoss,
     bilateral_features,
     dense_gaussian_filter,
     grid_gaussian_filter,
     lattice_features,
 )
-from cosa_sdk.training.permutohedral import lattice_filter
+from cosa_sdk.training.method.permutohedral import lattice_filter
 
 STEPS = DenseCRFLoss().steps
 

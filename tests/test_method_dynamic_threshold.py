@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaConfigError, CosaInputError
-from cosa_sdk.training.dynamic_threshold import DynamicThreshold, gmm_thresholds, shrink_bilinear
+from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold, gmm_thresholds, shrink_bilinear
 
 
 def _trimodal(n: int, seed: int = 0) -> np.ndarray:

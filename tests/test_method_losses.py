@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
+from cosa_sdk.training.method.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
 
 
 def test_all_ignore_batch_gives_zero_with_finite_gradients() -> None:

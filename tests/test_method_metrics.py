@@ -10,8 +10,8 @@ import torch
 from sklearn.metrics import confusion_matrix
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.evaluate import format_scores
-from cosa_sdk.training.metrics import ConfusionMatrix, image_miou, miou_scores
+from cosa_sdk.training.evaluation.evaluate import format_scores
+from cosa_sdk.training.evaluation.metrics import ConfusionMatrix, image_miou, miou_scores
 
 
 def test_matrix_matches_sklearn_and_ignores_255() -> None:

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.losses import balanced_seg_loss
-from cosa_sdk.training.perplexity import perplexity_weights
+from cosa_sdk.training.method.losses import balanced_seg_loss
+from cosa_sdk.training.method.perplexity import perplexity_weights
 
 
 def test_one_hot_cam_pixels_get_weight_one() -> None:

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.pseudo_labels import (
+from cosa_sdk.training.method.pseudo_labels import (
     cam_pseudo_label,
     normalize_cams,
     segmentation_pseudo_label,

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cosa_sdk.errors import CosaConfigError
-from cosa_sdk.training.schedule import build_optimizer, poly_warmup_lr, set_lr
+from cosa_sdk.training.engine.schedule import build_optimizer, poly_warmup_lr, set_lr
 
 
 class TinyModel(nn.Module):

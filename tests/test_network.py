@@ -9,7 +9,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from cosa_sdk.errors import CosaConfigError  # noqa: E402
-from cosa_sdk.training.network import CoSANetwork, SegmentationStream  # noqa: E402
+from cosa_sdk.training.model.network import CoSANetwork, SegmentationStream  # noqa: E402
 
 NUM_CLASSES = 3
 
@@ -116,11 +116,11 @@ class TestViTNetwork(BaseNetworkTester):
 
     def test_aux_layer_inside_the_frozen_blocks_is_named_in_a_warning(self, caplog) -> None:
         depth = len(CoSANetwork(backbone=self.backbone, num_classes=2, decoder_channels=8).backbone.model.blocks)
-        with caplog.at_level(logging.WARNING, logger="cosa_sdk.training.backbones"):
+        with caplog.at_level(logging.WARNING, logger="cosa_sdk.training.model.backbones"):
             CoSANetwork(backbone=self.backbone, num_classes=2, decoder_channels=8, freeze_blocks=depth - 1)
         assert "aux_layer=-1 would put it on the first trained block" in caplog.text
         caplog.clear()
-        with caplog.at_level(logging.WARNING, logger="cosa_sdk.training.backbones"):
+        with caplog.at_level(logging.WARNING, logger="cosa_sdk.training.model.backbones"):
             CoSANetwork(
                 backbone=self.backbone, num_classes=2, decoder_channels=8, freeze_blocks=depth - 1, aux_layer=-1
             )

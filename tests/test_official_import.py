@@ -20,9 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaConfigError, CosaModelError
-from cosa_sdk.training.checkpoint import build_network, load_checkpoint
 from cosa_sdk.training.data.classes import COCO_CLASSES, VOC_CLASSES
-from cosa_sdk.training.official import (
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
+from cosa_sdk.training.model.official import (
     import_official_checkpoint,
     import_official_command,
     map_official_state,

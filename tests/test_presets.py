@@ -13,8 +13,8 @@ torch = pytest.importorskip("torch")
 
 from cosa_sdk.errors import CosaConfigError  # noqa: E402
 from cosa_sdk.training.config import BEST_METRICS, PRESETS, apply_overrides, preset  # noqa: E402
-from cosa_sdk.training.iteration import TrainingIteration, per_process_batch  # noqa: E402
-from cosa_sdk.training.network import CoSANetwork  # noqa: E402
+from cosa_sdk.training.engine.iteration import TrainingIteration, per_process_batch  # noqa: E402
+from cosa_sdk.training.model.network import CoSANetwork  # noqa: E402
 
 SMALL = {
     "backbone_weights": "none",

@@ -10,8 +10,9 @@ from PIL import Image
 
 pytest.importorskip("matplotlib")
 
-from cosa_sdk.training.browser import check_report, find_browser
-from cosa_sdk.training.report import legend, write_report
+from cosa_sdk.demo.browser import check_report, find_browser
+from cosa_sdk.demo.report import write_report
+from cosa_sdk.report_html import legend
 
 CLASSES = ["background", "road", "<car>"]
 PALETTE = [[0, 0, 0], [17, 201, 96], [201, 17, 133]]

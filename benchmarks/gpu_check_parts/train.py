@@ -18,8 +18,8 @@ from typing import Any
 import torch
 
 from cosa_sdk.training.config import TrainConfig, preset
-from cosa_sdk.training.engine import Trainer
-from cosa_sdk.training.iteration import IterationResult
+from cosa_sdk.training.engine.iteration import IterationResult
+from cosa_sdk.training.engine.trainer import Trainer
 
 from .common import MIB, PRESET, REFERENCE, Context, PartialFailure, Plan, num, train_config
 

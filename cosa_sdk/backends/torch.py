@@ -23,7 +23,7 @@ class TorchBackend(Backend):
             import torch
             from safetensors.torch import load_file
 
-            from cosa_sdk.training.network import SegmentationStream
+            from cosa_sdk.training.model.network import SegmentationStream
         except ImportError as err:
             raise CosaModelError(
                 f'the torch backend needs {err.name or "torch"}: pip install "cosa-sdk[train]", '

@@ -11,9 +11,9 @@ from __future__ import annotations
 from cosa_sdk.training.data.build import build_dataset, data_summary, read_index, resolve_split
 from cosa_sdk.training.data.common import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, Item, ItemIndex, seed_worker
 from cosa_sdk.training.data.datasets import EvalDataset, TrainDataset, collate_eval
+from cosa_sdk.training.data.readers.synthetic import ensure_synthetic, generate_synthetic
 from cosa_sdk.training.data.sampling import TrainKeySampler
 from cosa_sdk.training.data.spec import DataSpec, parse_data_spec
-from cosa_sdk.training.data.synthetic import ensure_synthetic, generate_synthetic
 
 __all__ = [
     "IGNORE_INDEX",

@@ -32,7 +32,7 @@ def resolve_split(spec: str | DataSpec, role: str) -> str:
     if spec.split is not None:
         return spec.split
     if spec.kind == "voc":
-        from cosa_sdk.training.data.voc import default_train_split
+        from cosa_sdk.training.data.readers.voc import default_train_split
 
         return default_train_split(spec.path)
     return "train"
@@ -52,17 +52,17 @@ def read_index(spec: str | DataSpec, split: str, *, cache_root: Path | None = No
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     split = resolve_split(spec, split)
     if spec.kind == "voc":
-        from cosa_sdk.training.data.voc import read_voc
+        from cosa_sdk.training.data.readers.voc import read_voc
 
         return read_voc(spec.path, split)
     if spec.kind == "coco":
-        from cosa_sdk.training.data.coco import read_coco
+        from cosa_sdk.training.data.readers.coco import read_coco
 
         return read_coco(spec.path, split)
-    from cosa_sdk.training.data.custom import read_custom
+    from cosa_sdk.training.data.readers.custom import read_custom
 
     if spec.kind == "synthetic":
-        from cosa_sdk.training.data.synthetic import ensure_synthetic
+        from cosa_sdk.training.data.readers.synthetic import ensure_synthetic
 
         index = read_custom(ensure_synthetic(spec.params, root=cache_root), split)
         index.source = f"{spec} ({split})"

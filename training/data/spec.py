@@ -104,7 +104,7 @@ def _parse_query(query: str, kind: str, spec: str) -> str | None:
 
 
 def _parse_params(text: str, spec: str) -> dict[str, int]:
-    from cosa_sdk.training.data.synthetic import SYNTHETIC_DEFAULTS
+    from cosa_sdk.training.data.readers.synthetic import SYNTHETIC_DEFAULTS
 
     params: dict[str, int] = {}
     for part in filter(None, (p.strip() for p in text.split(","))):

@@ -68,7 +68,7 @@ def normalise_labels(raw: Iterable[str], where: str) -> tuple[str, ...]:
 
 def check_class_list(classes: list[str], where: str, raw: dict[str, str] | None = None) -> list[str]:
     """Reject lists the custom format cannot hold (two raw names mapping to one, too many classes)."""
-    from cosa_sdk.training.data.custom import MAX_CLASSES
+    from cosa_sdk.training.data.readers.custom import MAX_CLASSES
 
     if raw:
         seen: dict[str, str] = {}

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.errors import CosaInputError
-from cosa_sdk.training.permutohedral import lattice_filter
+from cosa_sdk.training.method.permutohedral import lattice_filter
 
 FILTERS = ("lattice", "grid", "exact")
 

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from cosa_sdk.training.data.check_problems import CheckedItem
+from cosa_sdk.training.data.check.problems import CheckedItem
 from cosa_sdk.training.data.spec import DataSpec
 
 CACHE_VERSION = 1

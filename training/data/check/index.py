@@ -8,14 +8,14 @@ import os
 from pathlib import Path
 
 from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data.check_problems import Problem
+from cosa_sdk.training.data.check.problems import Problem
 from cosa_sdk.training.data.common import IMAGE_SUFFIXES, Item
 from cosa_sdk.training.data.spec import DataSpec
 
 
 def _dataset_root(spec: DataSpec) -> Path | None:
     if spec.kind == "synthetic":
-        from cosa_sdk.training.data.synthetic import ensure_synthetic
+        from cosa_sdk.training.data.readers.synthetic import ensure_synthetic
 
         return Path(ensure_synthetic(spec.params))
     return spec.path

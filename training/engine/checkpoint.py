@@ -87,7 +87,7 @@ def network_state(record: dict[str, Any], which: str = "auto") -> tuple[str, dic
 
 def build_network(record: dict[str, Any], which: str = "auto"):
     """Rebuild the `CoSANetwork` stored in a checkpoint record, weights loaded, in eval mode."""
-    from cosa_sdk.training.network import CoSANetwork
+    from cosa_sdk.training.model.network import CoSANetwork
 
     _, state = network_state(record, which)
     network = CoSANetwork.from_config(record["model_config"])

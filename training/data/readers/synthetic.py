@@ -29,7 +29,7 @@ from PIL import Image
 
 from cosa_sdk.errors import CosaConfigError, CosaDataError
 from cosa_sdk.training.data.common import cache_dir
-from cosa_sdk.training.data.synthetic_render import (
+from cosa_sdk.training.data.readers.synthetic_render import (
     CLASS_NAMES,
     CONTEXT_CLASS,
     COOCCURRING_PAIR,

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from cosa_sdk.training.metrics import ConfusionMatrix, image_miou
-from cosa_sdk.training.network import CoSANetwork
-from cosa_sdk.training.pseudo_labels import mask_absent_classes, normalize_cams, teacher_fusion, valid_cams
+from cosa_sdk.training.evaluation.metrics import ConfusionMatrix, image_miou
+from cosa_sdk.training.method.pseudo_labels import mask_absent_classes, normalize_cams, teacher_fusion, valid_cams
+from cosa_sdk.training.model.network import CoSANetwork
 
 EVAL_TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
 RIGHT_IMAGE_MIOU = 0.5  # an image whose own label-free mIoU reaches this counts as segmented right
@@ -78,7 +78,7 @@ def evaluate(
         seg_ps.update(pred_ps, gt)
         per_image.append(image_miou(pred_ps, gt, k))
         if crf:
-            from cosa_sdk.training.crf_postprocess import dense_crf
+            from cosa_sdk.training.evaluation.crf_postprocess import dense_crf
 
             pred_vd = dense_crf(np.asarray(sample["raw"]), filtered.softmax(1)[0].cpu().numpy())
         else:

@@ -242,7 +242,7 @@ def import_official_checkpoint(
     (auto: the file's `s_or_t`, teacher when absent).
     """
     from cosa_sdk.palette import voc_colormap
-    from cosa_sdk.training.network import network_config
+    from cosa_sdk.training.model.network import network_config
 
     path = Path(path)
     state, meta = split_official(read_official_file(path), source=str(path))
@@ -306,7 +306,7 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
 
 def import_official_command(args: argparse.Namespace) -> int:
     """`cosa import-official CHECKPOINT --out RUN_DIR [--dataset voc|coco] [--network ...] [--force]`."""
-    from cosa_sdk.training.checkpoint import save_checkpoint
+    from cosa_sdk.training.engine.checkpoint import save_checkpoint
 
     out = Path(args.out)
     if out.exists() and not out.is_dir():

@@ -13,12 +13,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.training.config import TrainConfig
-from cosa_sdk.training.contrastive import contrastive_separation_loss
-from cosa_sdk.training.crf_loss import DenseCRFLoss
-from cosa_sdk.training.dynamic_threshold import DynamicThreshold
-from cosa_sdk.training.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
-from cosa_sdk.training.perplexity import perplexity_weights
-from cosa_sdk.training.pseudo_labels import cam_pseudo_label, segmentation_pseudo_label, teacher_fusion, valid_cams
+from cosa_sdk.training.method.contrastive import contrastive_separation_loss
+from cosa_sdk.training.method.crf_loss import DenseCRFLoss
+from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold
+from cosa_sdk.training.method.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
+from cosa_sdk.training.method.perplexity import perplexity_weights
+from cosa_sdk.training.method.pseudo_labels import (
+    cam_pseudo_label,
+    segmentation_pseudo_label,
+    teacher_fusion,
+    valid_cams,
+)
 
 
 @dataclass

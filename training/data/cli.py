@@ -1,4 +1,4 @@
-"""`cosa data ACTION`: hands over to the dataset check (`training/data/check.py`) or import
+"""`cosa data ACTION`: hands over to the dataset check (`training/data/check/validate.py`) or import
 (`training/data/importers/`) the user chose."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import argparse
 import importlib
 
 ACTIONS = {
-    "check": "cosa_sdk.training.data.check:check_command",
+    "check": "cosa_sdk.training.data.check.validate:check_command",
     "import": "cosa_sdk.training.data.importers:import_command",
 }
 

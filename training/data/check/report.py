@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from cosa_sdk.training.data.check import DatasetStats, ValidationReport
-from cosa_sdk.training.report import IMAGE_CHECK_SCRIPT, STYLE, image_tag, table
+from cosa_sdk.report_html import IMAGE_CHECK_SCRIPT, STYLE, image_tag, table
+from cosa_sdk.training.data.check.validate import DatasetStats, ValidationReport
 
 
 def _figure(draw, size=(9, 4)) -> Image.Image:

@@ -20,17 +20,17 @@ from torch.utils.data import DataLoader
 
 from cosa_sdk import __version__
 from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaModelError
-from cosa_sdk.training.checkpoint import load_checkpoint, save_checkpoint
 from cosa_sdk.training.config import BEST_METRICS, TrainConfig
 from cosa_sdk.training.data import build_dataset, seed_worker
 from cosa_sdk.training.data.sampling import label_set_weights
-from cosa_sdk.training.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
-from cosa_sdk.training.evaluate import evaluate
-from cosa_sdk.training.iteration import IterationResult, TrainingIteration, per_process_batch
-from cosa_sdk.training.network import CoSANetwork
-from cosa_sdk.training.sampler import StepBatchSampler
-from cosa_sdk.training.step import CoSALosses
-from cosa_sdk.training.visualize import save_training_samples
+from cosa_sdk.training.engine.checkpoint import load_checkpoint, save_checkpoint
+from cosa_sdk.training.engine.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
+from cosa_sdk.training.engine.iteration import IterationResult, TrainingIteration, per_process_batch
+from cosa_sdk.training.engine.sampler import StepBatchSampler
+from cosa_sdk.training.evaluation.evaluate import evaluate
+from cosa_sdk.training.evaluation.visualize import save_training_samples
+from cosa_sdk.training.method.step import CoSALosses
+from cosa_sdk.training.model.network import CoSANetwork
 
 RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "samples")
 

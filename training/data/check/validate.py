@@ -29,11 +29,11 @@ from pathlib import Path
 from typing import Any
 
 from cosa_sdk.errors import CosaConfigError, CosaDataError
-from cosa_sdk.training.data.check_cache import CACHE_VERSION, FileCache, cache_file_for
-from cosa_sdk.training.data.check_files import EXIF_ORIENTATION, check_image_file, check_mask_file
-from cosa_sdk.training.data.check_index import _custom_lines, _dataset_root, _lenient_custom, _split_error
-from cosa_sdk.training.data.check_problems import ROLES, CheckedItem, Problem, ValidationReport
-from cosa_sdk.training.data.check_stats import (
+from cosa_sdk.training.data.check.cache import CACHE_VERSION, FileCache, cache_file_for
+from cosa_sdk.training.data.check.files import EXIF_ORIENTATION, check_image_file, check_mask_file
+from cosa_sdk.training.data.check.index import _custom_lines, _dataset_root, _lenient_custom, _split_error
+from cosa_sdk.training.data.check.problems import ROLES, CheckedItem, Problem, ValidationReport
+from cosa_sdk.training.data.check.stats import (
     COOCCUR_MIN,
     COOCCUR_SHARE,
     RARE_IMAGES,
@@ -108,7 +108,7 @@ def validate_dataset(
                 continue
             if spec.kind == "custom" and root is not None and (root / "classes.txt").is_file():
                 try:
-                    from cosa_sdk.training.data.custom import read_classes
+                    from cosa_sdk.training.data.readers.custom import read_classes
 
                     report.classes = report.classes or read_classes(root / "classes.txt")
                 except CosaDataError as inner:
@@ -294,7 +294,7 @@ def check_command(args: argparse.Namespace) -> int:
         print()
         print(format_stats(stats))
     if getattr(args, "report", None):
-        from cosa_sdk.training.data.check_report import write_check_report
+        from cosa_sdk.training.data.check.report import write_check_report
 
         path = write_check_report(Path(args.report), report, stats)
         print(f"\nwrote {path}")

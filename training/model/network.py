@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cosa_sdk.training.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
+from cosa_sdk.training.model.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
 
 
 class CoSAOutput(NamedTuple):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from cosa_sdk.training.data.check_problems import ROLES, CheckedItem, ValidationReport
+from cosa_sdk.training.data.check.problems import ROLES, CheckedItem, ValidationReport
 from cosa_sdk.training.data.common import IGNORE_INDEX
 
 # Statistics thresholds (documented in the report text).

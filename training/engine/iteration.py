@@ -16,9 +16,9 @@ from torch import nn
 
 from cosa_sdk.errors import CosaConfigError, CosaModelError
 from cosa_sdk.training.config import TrainConfig
-from cosa_sdk.training.ema import ema_update, make_assignment_network
-from cosa_sdk.training.schedule import build_optimizer, set_lr
-from cosa_sdk.training.step import CoSALosses, PseudoLabels, supervised_loss
+from cosa_sdk.training.engine.schedule import build_optimizer, set_lr
+from cosa_sdk.training.method.ema import ema_update, make_assignment_network
+from cosa_sdk.training.method.step import CoSALosses, PseudoLabels, supervised_loss
 
 
 @dataclass

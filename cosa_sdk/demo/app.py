@@ -18,14 +18,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cosa_sdk.demo.report import write_report
 from cosa_sdk.errors import CosaConfigError, CosaDataError
-from cosa_sdk.training.checkpoint import build_network, load_checkpoint
+from cosa_sdk.report_html import legend
 from cosa_sdk.training.config import TrainConfig, apply_overrides, preset
 from cosa_sdk.training.data import build_dataset
-from cosa_sdk.training.evaluate import evaluate, format_scores, predict_maps
-from cosa_sdk.training.pseudo_labels import cam_pseudo_label, valid_cams
-from cosa_sdk.training.report import legend, write_report
-from cosa_sdk.training.visualize import blend, colorize, grid, heatmap
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
+from cosa_sdk.training.evaluation.evaluate import evaluate, format_scores, predict_maps
+from cosa_sdk.training.evaluation.visualize import blend, colorize, grid, heatmap
+from cosa_sdk.training.method.pseudo_labels import cam_pseudo_label, valid_cams
 
 DEFAULT_DATA = "synthetic"
 SAMPLE_IMAGES = 6
@@ -41,7 +42,7 @@ def _fresh(target: Path, source: Path) -> bool:
 
 
 def train_stage(run: Path, config: TrainConfig, data: str) -> None:
-    from cosa_sdk.training.engine import Trainer, run_differences
+    from cosa_sdk.training.engine.trainer import Trainer, run_differences
 
     last = run / "last.pt"
     if last.exists():
@@ -180,7 +181,7 @@ def sample_legend(palette: list[list[int]], results: list[Any]) -> str:
 
 def screenshot_stage(report: Path, wanted: bool | None) -> Path | None:
     """report.png from headless Chromium when asked (or, by default, when a browser is installed)."""
-    from cosa_sdk.training.browser import INSTALL_HINT, check_report, find_browser
+    from cosa_sdk.demo.browser import INSTALL_HINT, check_report, find_browser
 
     if wanted is False or (wanted is None and find_browser() is None):
         if wanted is None:

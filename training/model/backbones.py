@@ -38,7 +38,7 @@ def create_timm_model(name: str, *, weights: str | None = None, **kwargs: Any) -
         if weights == "timm":
             return timm.create_model(name, pretrained=True, **kwargs)
         if weights.startswith("pkg:"):
-            from cosa_sdk.training.weights import load_package_weights
+            from cosa_sdk.training.model.weights import load_package_weights
 
             model = timm.create_model(name, pretrained=False, **kwargs)
             load_package_weights(model, weights[len("pkg:") :], model_name=name)

@@ -1,0 +1,1 @@
+"""Dataset validation before training (`cosa data check`): files, index, problems, statistics, report, cache."""

@@ -1,0 +1,1 @@
+"""Scoring and looking at a trained network: mIoU metrics, CRF post-processing, training pictures."""
