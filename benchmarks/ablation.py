@@ -31,11 +31,12 @@ import numpy as np
 import torch
 
 from cosa_sdk.training.config import TrainConfig, preset
-from cosa_sdk.training.data import build_dataset, ensure_synthetic, parse_data_spec
+from cosa_sdk.training.data import ensure_synthetic, parse_data_spec
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint, save_checkpoint
 from cosa_sdk.training.engine.trainer import Trainer
 from cosa_sdk.training.evaluation.evaluate import cam_to_label, predict_maps
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
+from cosa_sdk.training.run_record import RunRecord
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -65,11 +66,10 @@ def label_free_cam_scores(run: Path, data_spec: str) -> float:
     """CAM-only segmentation without ground-truth labels: the classifier's own predictions pick the classes."""
     record = load_checkpoint(run / "best.pt")
     network = build_network(record, "online")
-    dataset = build_dataset(
-        data_spec, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
-    )
-    matrix = ConfusionMatrix(len(record["classes"]) + 1)
-    threshold = record["config"]["cam_threshold"]
+    run_record = RunRecord.from_checkpoint(record)
+    dataset = run_record.eval_dataset(data_spec=data_spec)
+    matrix = ConfusionMatrix(len(run_record.classes) + 1)
+    threshold = run_record.cam_threshold
     for sample in dataset:
         image = sample["image"][None]
         predicted = (network(image).logits > 0).float()

@@ -10,7 +10,7 @@ Sections (each recorded on its own: a failure is printed and stored, the next se
 4. tensorrt: `cosa export --tensorrt --fp16` and the SDK TensorRT backend, when `import tensorrt` works.
 
 A global budget (--budget-s) stops training early (fewer steps) so that the later sections still fit.
-`--cpu-smoke` runs the same code on the CPU at tiny sizes in well under a minute (tests/test_gpu_check.py).
+`--cpu-smoke` runs the same code on the CPU at tiny sizes in well under a minute (tests/benchmarks/test_gpu_check.py).
 This file is the entry point (arguments, plan, budget, the sections in turn, the JSON, the exit code); the
 sections live in benchmarks/gpu_check_parts/, one module each.
 

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.serving.launcher import LocalServer, start_server
 
 RESULTS = Path(__file__).resolve().parent / "results" / "serve_load.json"
@@ -80,8 +81,8 @@ def export_vit_bundle(out: Path, *, backbone: str, size: int, decoder_channels: 
         "name": f"bench-{backbone}-{size}",
         "classes": CLASSES,
         "input_size": [size, size],
-        "mean": [0.485, 0.456, 0.406],
-        "std": [0.229, 0.224, 0.225],
+        "mean": list(IMAGENET_MEAN),
+        "std": list(IMAGENET_STD),
         "backbone": backbone,
         "patch_size": 16,
         "artifacts": {"onnx": "model.onnx"},

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from cosa_sdk.backends import export_hint
+from cosa_sdk.constants import TTA_SCALES
 from cosa_sdk.errors import CosaModelError
 from cosa_sdk.palette import RGB, complete_palette
 
@@ -19,14 +21,6 @@ BUNDLE_FORMAT = "cosa-bundle"
 BUNDLE_VERSION = 1
 CONFIG_NAME = "cosa.json"
 METADATA_KEY = "cosa.json"
-DEFAULT_TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
-ARTIFACT_HINTS = {
-    "onnx": "cosa export RUN_DIR/best.pt --out BUNDLE",
-    "onnx_int8": "cosa export RUN_DIR/best.pt --out BUNDLE --int8",
-    "onnx_int8_vnni": "cosa export RUN_DIR/best.pt --out BUNDLE --int8",
-    "tensorrt": "cosa export RUN_DIR/best.pt --out BUNDLE --tensorrt --fp16 (on the GPU that will run it)",
-    "torch": "cosa export RUN_DIR/best.pt --out BUNDLE",
-}
 
 
 @dataclass(frozen=True)
@@ -84,7 +78,7 @@ class Bundle:
     palette: tuple[RGB, ...]
     artifacts: dict[str, str]
     patch_size: int = 16
-    tta_scales: tuple[float, ...] = DEFAULT_TTA_SCALES
+    tta_scales: tuple[float, ...] = TTA_SCALES
     onnx: OnnxInfo = field(default_factory=OnnxInfo)
     name: str = ""
     config: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -101,7 +95,7 @@ class Bundle:
 
     def artifact(self, key: str) -> Path:
         """Path of a listed artifact; CosaModelError naming the export command when it is absent."""
-        hint = ARTIFACT_HINTS.get(key, "cosa export")
+        hint = export_hint(key)  # the backend registry says which command creates each artifact
         if key not in self.artifacts:
             raise CosaModelError(
                 f"the bundle {self.source} has no {key!r} artifact (it lists {sorted(self.artifacts)}); "
@@ -340,7 +334,7 @@ def bundle_from_config(config: dict[str, Any], *, source: Path, root: Path) -> B
     patch = config.get("patch_size", 16)
     if not _is_count(patch):
         raise check.fail("patch_size", f"must be a positive integer, got {patch!r}")
-    scales = config.get("tta_scales") or list(DEFAULT_TTA_SCALES)
+    scales = config.get("tta_scales") or list(TTA_SCALES)
     if not (isinstance(scales, list) and scales and all(_is_number(s) and 0 < s <= 8 for s in scales)):
         raise check.fail("tta_scales", f"must be a list of positive scale factors, got {scales!r}")
     return Bundle(

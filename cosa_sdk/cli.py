@@ -11,8 +11,9 @@ import sys
 from collections.abc import Sequence
 
 from cosa_sdk import __version__
+from cosa_sdk.backends import REGISTRY as BACKEND_REGISTRY
+from cosa_sdk.constants import DEFAULT_MAX_LATENCY_MS
 from cosa_sdk.errors import CosaError
-from cosa_sdk.serving.settings import DEFAULT_MAX_LATENCY_MS  # stdlib only: the one default of the service
 
 HANDLERS = {
     "train": "cosa_sdk.training.cli:train_command",
@@ -61,7 +62,7 @@ SYNTHETIC_FORM = (
 DATA_FORMS = f"voc:PATH | coco:PATH | custom:PATH | {SYNTHETIC_FORM}"
 BACKEND_HELP = (
     "auto (the fastest the bundle and this machine allow: TensorRT, then ONNX Runtime CUDA, then CPU) | "
-    "onnxruntime | onnxruntime-int8 | tensorrt | torch (default: %(default)s)"
+    f"{' | '.join(BACKEND_REGISTRY)} (default: %(default)s)"
 )
 
 

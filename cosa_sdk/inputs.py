@@ -22,9 +22,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from cosa_sdk.errors import CosaInputError
 
 DEFAULT_MAX_PIXELS = 50_000_000
-IMAGE_SUFFIXES = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm", ".jfif"}
-)
 EXIF_ORIENTATION = 0x0112
 SUPPORTED = "a file path, bytes, a binary file object, a PIL image or an HxWx3 uint8 RGB numpy array"
 

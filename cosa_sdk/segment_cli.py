@@ -12,8 +12,8 @@ from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
+from cosa_sdk.constants import IMAGE_SUFFIXES
 from cosa_sdk.errors import CosaError, CosaInputError
-from cosa_sdk.inputs import IMAGE_SUFFIXES
 from cosa_sdk.result import SegmentationResult
 
 

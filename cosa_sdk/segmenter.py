@@ -175,7 +175,7 @@ class Segmenter:
         Lists run through the model in chunks of `batch_size`. Masks come at each image's own
         (EXIF-rotated) size: the logits are resized bilinearly to it before the argmax.
 
-        tta: the bundle's `tta_scales` (default 1.0, 0.5, 1.5, 0.75, 1.25 of the input size), each
+        tta: the bundle's `tta_scales` (default `constants.TTA_SCALES`, times the input size), each
         with a horizontal flip; logits resized back to the input size, un-flipped and summed. With a
         fixed-size graph only the flip is added (`seg.dynamic` tells which).
         return_scores: also give `result.scores`, (K, H, W) float32 softmax probabilities.

@@ -1,4 +1,4 @@
-"""Writing a model bundle (architecture.md section 2): cosa.json, safetensors weights, atomic publication.
+"""Writing a model bundle (docs/contracts.md, "Model bundle"): cosa.json, safetensors weights, atomic publication.
 
 A bundle is assembled in a hidden folder next to the target and renamed into place only when every
 artifact is written and checked, so a failed or interrupted export never leaves a half bundle, and
@@ -51,7 +51,7 @@ def bundle_config(
     metrics: dict[str, Any],
     int8: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """cosa.json: the contract keys of architecture.md section 2 plus the DEVELOPING.md extras and `network`.
+    """cosa.json with every key listed in docs/contracts.md, "cosa.json" (contract keys, extras, `network`).
 
     int8: {artifact: {"weight_bits", "agreement", "min_agreement"}} for the INT8 files (the SDK picks by CPU).
     """

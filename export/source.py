@@ -1,7 +1,7 @@
 """What export needs from a training checkpoint: the seg stream, its class table, normalisation and input size.
 
 Only the backbone and the LargeFOV decoder leave the checkpoint; the CAM heads and the other network of
-the online/assignment pair stay behind (method spec 1.4).
+the online/assignment pair stay behind (docs/method.md, "What is deployed").
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ from typing import Any
 
 from cosa_sdk.errors import CosaConfigError, CosaModelError
 from cosa_sdk.palette import complete_palette
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from cosa_sdk.training.run_record import RunRecord
 
 
 @dataclass
@@ -68,29 +66,6 @@ def check_input_size(size: Sequence[int], stride: int, *, what: str = "--input-s
     return values[0], values[1]
 
 
-def default_input_size(record: dict[str, Any]) -> list[int] | None:
-    """The size the run trained and evaluated at: `config.input_size`, else the square `data.crop_size`."""
-    config = record.get("config") or {}
-    size = config.get("input_size") if isinstance(config, dict) else None
-    if size is None:
-        crop = (record.get("data") or {}).get("crop_size")
-        size = crop if crop is None else [crop]
-    if size is None:
-        return None
-    return [int(size)] if isinstance(size, int | float) else [int(v) for v in size]
-
-
-def _normalisation(record: dict[str, Any]) -> tuple[tuple[float, float, float], tuple[float, float, float]]:
-    data = record.get("data") or {}
-    mean = tuple(float(v) for v in data.get("mean") or IMAGENET_MEAN)
-    std = tuple(float(v) for v in data.get("std") or IMAGENET_STD)
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0 or max(*mean, *std) > 1.0:
-        raise CosaModelError(
-            f"the checkpoint's data.mean/std {mean}/{std} are not three values on the 0-1 scale; re-run or re-import it"
-        )
-    return mean, std  # type: ignore[return-value]
-
-
 def load_source(
     checkpoint: str | Path, *, network: str = "auto", input_size: Sequence[int] | None = None
 ) -> ExportSource:
@@ -104,22 +79,15 @@ def load_source(
     stream = model.seg_stream().eval()
     config = model.model_config()
     stride = int(model.stride)
+    run = RunRecord.from_checkpoint(record, size_if_unknown=input_size)
     if input_size:
         size = check_input_size(input_size, stride)
     else:
-        default = default_input_size(record)
-        if default is None:
-            raise CosaConfigError(
-                f"{path} records no training input size (config.input_size or data.crop_size): pass --input-size H [W]"
-            )
-        size = check_input_size(default, stride, what="the checkpoint's input size")
-    classes = bundle_classes(record["classes"], config["num_classes"] + 1)
-    palette = record.get("palette")
+        size = check_input_size(run.input_size, stride, what="the checkpoint's input size")
+    classes = bundle_classes(run.classes, config["num_classes"] + 1)
+    palette = [list(c) for c in run.palette] or None
     if palette is not None and len(palette) == len(classes) - 1:
         palette = [[0, 0, 0], *palette]
-    mean, std = _normalisation(record)
-    train_config = record.get("config") if isinstance(record.get("config"), dict) else {}
-    scales = train_config.get("tta_scales") or train_config.get("eval_scales")
     return ExportSource(
         checkpoint=path,
         stream=stream,
@@ -127,13 +95,13 @@ def load_source(
         model_config=config,
         classes=classes,
         palette=[list(c) for c in complete_palette(palette, len(classes))],
-        mean=mean,
-        std=std,
+        mean=run.mean,
+        std=run.std,
         input_size=size,
         stride=stride,
         backbone=str(config["backbone"]),
-        data_spec=(record.get("data") or {}).get("spec"),
+        data_spec=run.data_spec,
         weights_source=record.get("backbone_weights"),
-        tta_scales=[float(s) for s in scales] if scales else None,
+        tta_scales=list(run.tta_scales) if run.tta_scales else None,
         record_metrics=dict(record.get("metrics") or {}),
     )

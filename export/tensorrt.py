@@ -19,7 +19,8 @@ from cosa_sdk.errors import CosaConfigError, CosaModelError
 
 PRECISIONS = ("fp32", "fp16", "int8")
 
-# ONNX operators the TensorRT 10.x ONNX parser (onnx-tensorrt, docs/operators.md) converts natively.
+# ONNX operators the TensorRT 10.x ONNX parser converts natively, as listed by onnx-tensorrt in
+# https://github.com/onnx/onnx-tensorrt/blob/main/docs/operators.md
 # ORT-only forms are absent on purpose: ConvInteger, MatMulInteger, DynamicQuantizeLinear, QLinearConv
 # and QLinearMatMul (the dynamic/QOperator INT8 graphs) cannot be parsed; TensorRT INT8 takes QDQ graphs.
 _TRT10_OPS_TEXT = """

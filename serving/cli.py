@@ -12,9 +12,10 @@ from dataclasses import replace
 from pathlib import Path
 
 from cosa_sdk.backends import check_backend_name
+from cosa_sdk.constants import DEFAULT_MAX_LATENCY_MS
 from cosa_sdk.errors import CosaError, CosaInputError
 
-from .settings import DEFAULT_MAX_LATENCY_MS, ServeSettings, read_settings
+from .settings import ServeSettings, read_settings
 
 SERVICE_IMPORT = "cosa_sdk.serving.service:CosaSegmentation"
 SERVE_PACKAGES = (("bentoml", "BentoML"), ("python_multipart", "python-multipart"))

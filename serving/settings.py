@@ -17,6 +17,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from cosa_sdk.constants import DEFAULT_MAX_LATENCY_MS
 from cosa_sdk.errors import CosaInputError
 
 ENV_MODEL = "COSA_MODEL"
@@ -32,7 +33,6 @@ ENV_THREADS = "COSA_THREADS"
 ENV_MAX_QUEUE = "COSA_MAX_QUEUE"
 
 DEFAULT_MAX_BATCH_SIZE = 8
-DEFAULT_MAX_LATENCY_MS = 20_000  # a burst of 50 uploads fits on 2 CPU cores; 1/3 of DEFAULT_TIMEOUT_S
 DEFAULT_MAX_QUEUE = 0  # 0: sized from throughput x COSA_MAX_LATENCY_MS (see serving/traffic.py)
 DEFAULT_MAX_UPLOAD_MB = 20.0
 DEFAULT_MAX_PIXELS = 16_000_000  # the SDK's full-size logits: ~12 bytes x classes x pixels at peak

@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -207,13 +206,3 @@ def cached_checkpoint(backbone: str = "vit_tiny_patch16_224", *, input_size: int
         train_backbone=not cnn,
         data_spec=spec,
     )
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    """Import into a test module to run its torch work on one thread: on the shared 2-core test machine two
-    OpenMP threads competing with other jobs made a tiny ViT forward 30x slower (600 ms instead of 19 ms)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)

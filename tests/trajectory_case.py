@@ -1,7 +1,7 @@
 """Builds trajectory cases from their seeds, as docs/official-trajectory.md ("Rebuilding a case") describes.
 
 `case_block(...)` is the configuration, `initial_weights(case)` and `batches(case)` the two input files.
-The public case is rebuilt bit for bit by these functions (tests/test_official_trajectory.py), so a case
+The public case is rebuilt bit for bit by these functions (tests/training/official/test_trajectory.py), so a case
 of other sizes, classes or seeds made here is one the same adapter must handle.
 """
 

@@ -38,7 +38,7 @@ def resolve_train_settings(args: argparse.Namespace) -> tuple[str, str, str | No
     run's last.pt (or config.json when it died before its first checkpoint); options given are layered on
     top, and the Trainer refuses any that change what the run computes, naming the difference.
     """
-    from cosa_sdk.training.engine.trainer import saved_run
+    from cosa_sdk.training.engine.run_dir import saved_run
 
     data = getattr(args, "data", None)
     supervision = getattr(args, "supervision", None)
@@ -97,42 +97,34 @@ def train_command(args: argparse.Namespace) -> int:
 
 
 def eval_command(args: argparse.Namespace) -> int:
-    from cosa_sdk.training.data import build_dataset
     from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
     from cosa_sdk.training.engine.distributed import resolve_device
     from cosa_sdk.training.evaluation.evaluate import evaluate, format_scores
+    from cosa_sdk.training.run_record import RunRecord
 
     record = load_checkpoint(args.checkpoint)
     network = build_network(record, args.network)
     device = resolve_device(args.device)
     network.to(device)
-    data = record.get("data", {})
-    config = record.get("config") or {}
-    spec = args.data or data.get("spec")
-    if not spec:
-        raise CosaConfigError("the checkpoint does not name its dataset: pass --data voc:PATH | custom:PATH | ...")
-    crop = int(data.get("crop_size", 448))
-    input_size = config.get("input_size") or [config.get("eval_size") or crop] * 2
-    dataset = build_dataset(
-        spec, args.split, crop_size=crop, mean=data.get("mean"), std=data.get("std"), eval_size=int(input_size[0])
-    )
+    run = RunRecord.from_checkpoint(record)
+    dataset = run.eval_dataset(args.split, data_spec=args.data)
     if args.crf:
         try:
             import pydensecrf  # noqa: F401
         except ImportError:
             raise CosaConfigError('--crf needs pydensecrf2: pip install "cosa-sdk[crf]"') from None
-    weak = record.get("supervision", "weak") == "weak"
+    weak = run.supervision == "weak"
     scores = evaluate(
         network,
         dataset,
-        num_classes=len(record["classes"]),
+        num_classes=len(run.classes),
         device=device,
         tta=args.tta,
         crf=args.crf,
         limit=args.limit,
         with_cams=weak,
-        class_names=record["classes"],
-        cam_threshold=float(config.get("cam_threshold", 0.5)),
+        class_names=list(run.classes),
+        cam_threshold=run.cam_threshold,
     )
     print(format_scores(scores))
     if args.json_out:

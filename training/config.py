@@ -7,10 +7,8 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.errors import CosaConfigError
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 # Keys added after runs were already being saved, with the value that reproduces what the code did before
 # they existed: a config read back from an older run means what it meant when it was written.
@@ -52,9 +50,9 @@ class TrainConfig:
     # 0: every training image equally often; p > 0: images drawn with weight count(label set) ** -p, so
     # classes that co-occur are seen apart more often (data/sampling.py: label_set_weights)
     label_set_balance: float = 0.0
-    # pseudo-labels and losses (method spec section 2)
+    # pseudo-labels and losses (docs/method.md, "Pseudo-labels", "Losses")
     pseudo_scales: tuple[float, ...] = (1.0, 0.5, 1.5)
-    pseudo_flip: bool = True  # the teacher also sees the mirrored image (spec 2.2); off halves its cost
+    pseudo_flip: bool = True  # the teacher also sees the mirrored image ("Teacher fusion"); off halves its cost
     t_high: float = 0.7
     t_low: float = 0.2
     aux_t_high: float = 0.7

@@ -10,11 +10,19 @@ INT8 artifacts (`choose_int8`): `onnx_int8` has 7-bit weights, safe on every CPU
 8-bit weights, used only on CPUs with VNNI (see `cosa_sdk.cpu`: elsewhere ONNX Runtime's u8 x s8 kernels
 saturate). A bundle whose only INT8 model needs VNNI runs fp32 on other CPUs (auto) or is refused
 (backend="onnxruntime-int8"); it is never run saturated.
+
+The registry: `REGISTRY` maps each backend name to a `BackendEntry`: its opener, the bundle artifacts it
+runs, the export command that creates them (named in "no such artifact" errors) and its place in `auto`
+(`auto_rank`: lowest tried first; None: only when asked by name). The `auto` order is
+tensorrt (10) -> onnxruntime-int8 (20) -> onnxruntime (30) -> torch (40); the onnxruntime-int8 step first
+tries ONNX Runtime fp32 on CUDA when CUDA is asked for, which is how CUDA comes before INT8 on the CPU.
+The names accepted by `check_backend_name` (`BACKENDS`) are "auto" and the registry's keys, in registry
+order. A new backend is one module here (a `base.Backend` subclass) and one entry in `REGISTRY`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,9 +35,44 @@ if TYPE_CHECKING:
     from cosa_sdk.backends.onnxruntime import OnnxRuntimeBackend
     from cosa_sdk.bundle import Bundle, Int8Variant
 
-BACKENDS = ("auto", "onnxruntime", "onnxruntime-int8", "tensorrt", "torch")
 INT8_ARTIFACTS = ("onnx_int8_vnni", "onnx_int8")  # preference order where both can run
 ARTIFACT_KEY = "cosa.artifact"  # ONNX metadata: which bundle artifact a lone .onnx file is
+EXPORT = "cosa export RUN_DIR/best.pt --out BUNDLE"  # how a bundle is written (export hints start with it)
+
+
+@dataclass(frozen=True)
+class BackendOptions:
+    """What `cosa_sdk.load` passes every opener: ONNX Runtime execution providers and intra-op threads
+    (None: the defaults); backends with no use for them ignore them."""
+
+    providers: Sequence[str] | None = None
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class BackendEntry:
+    """One inference backend of `REGISTRY`.
+
+    open: `open(bundle, options) -> Backend`; raises CosaModelError when it cannot run (`bundle.artifact(key)`
+        raises one naming `export_hint` when the artifact is absent). Import the backend's module (and its
+        runtime) inside it, so that `import cosa_sdk` stays light.
+    artifacts: the bundle artifacts (keys of cosa.json "artifacts") it runs; `auto` passes over it, without a
+        note, when the bundle lists none of them.
+    export_hint: the command that creates those artifacts, named when one is absent.
+    auto_rank: its place in `auto`, lowest tried first (see the order in the module docstring); None: it is
+        used only when asked for by name.
+    unavailable: `unavailable() -> str | None`, why it cannot run on this machine (None: it can); `auto` notes
+        the reason and moves on without opening it.
+    auto_step: `auto_step(bundle, notes, options) -> Backend | None`, replacing `auto`'s usual step (artifact
+        file present -> `unavailable` -> `open`, one note per option skipped) for a backend that decides more.
+    """
+
+    open: Callable[[Bundle, BackendOptions], Backend]
+    artifacts: tuple[str, ...]
+    export_hint: str
+    auto_rank: int | None = None
+    unavailable: Callable[[], str | None] | None = None
+    auto_step: Callable[[Bundle, list[str], BackendOptions], Backend | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -145,58 +188,6 @@ def open_lone_onnx(
     return _open_int8(dataclasses.replace(bundle, artifacts={key: path.name}), choice, threads=threads), bundle
 
 
-def check_backend_name(name: str) -> str:
-    """Normalise a backend name; CosaInputError listing the choices for anything else."""
-    normalised = str(name).strip().lower().replace("_", "-")
-    if normalised not in BACKENDS:
-        raise CosaInputError(f"unknown backend {name!r}: choose one of {', '.join(BACKENDS)}")
-    return normalised
-
-
-def open_backend(
-    bundle: Bundle,
-    name: str = "auto",
-    *,
-    providers: Sequence[str] | None = None,
-    threads: int | None = None,
-) -> tuple[Backend, list[str]]:
-    """The backend for `name` and the notes on options `auto` skipped."""
-    name = check_backend_name(name)
-    if name == "auto":
-        return _auto(bundle, providers=providers, threads=threads)
-    return _open(bundle, name, providers=providers, threads=threads), []
-
-
-def _open(bundle: Bundle, name: str, *, providers: Sequence[str] | None, threads: int | None) -> Backend:
-    if name == "tensorrt":
-        from cosa_sdk.backends.tensorrt import TensorRTBackend
-
-        return TensorRTBackend(
-            bundle.artifact("tensorrt"), input_name=bundle.onnx.input, output_name=bundle.onnx.output
-        )
-    if name == "torch":
-        from cosa_sdk.backends.torch import TorchBackend
-
-        return TorchBackend(bundle.artifact("torch"), bundle.config.get("model_config"))
-    from cosa_sdk.backends.onnxruntime import OnnxRuntimeBackend
-
-    if name == "onnxruntime-int8":
-        choice = choose_int8(bundle)
-        if choice.key is None:
-            if not any(key in bundle.artifacts for key in INT8_ARTIFACTS):
-                bundle.artifact("onnx_int8")  # raises, naming the export command
-            raise CosaModelError(f"no INT8 model of {bundle.source} can run on this CPU: {choice.reason}")
-        return _open_int8(bundle, choice, threads=threads)
-    return OnnxRuntimeBackend(
-        bundle.artifact("onnx"),
-        name=name,
-        input_name=bundle.onnx.input,
-        output_name=bundle.onnx.output,
-        providers=providers,
-        threads=threads,
-    )
-
-
 def _open_int8(bundle: Bundle, choice: Int8Choice, *, threads: int | None) -> OnnxRuntimeBackend:
     from cosa_sdk.backends.onnxruntime import CPU, OnnxRuntimeBackend
 
@@ -220,17 +211,15 @@ def _cuda_requested(providers: Sequence[str] | None) -> bool:
     return CUDA in list(providers or default_providers())
 
 
-def _int8_on_cpu(
-    bundle: Bundle, notes: list[str], *, providers: Sequence[str] | None, threads: int | None
-) -> Backend | None:
+def _int8_on_cpu(bundle: Bundle, notes: list[str], options: BackendOptions) -> Backend | None:
     """`auto`'s INT8 step: the gated INT8 model for this CPU, unless the fp32 model really runs on CUDA."""
     choice = choose_int8(bundle, gated_only=True)
     if choice.key is None:
         notes.append(f"onnxruntime-int8: {choice.reason}")
         return None
-    if bundle.has("onnx") and _cuda_requested(providers):
+    if bundle.has("onnx") and _cuda_requested(options.providers):
         try:
-            fp32 = _open(bundle, "onnxruntime", providers=providers, threads=threads)
+            fp32 = REGISTRY["onnxruntime"].open(bundle, options)
         except CosaModelError as err:
             notes.append(f"onnxruntime: {err}")
         else:
@@ -239,34 +228,165 @@ def _int8_on_cpu(
                 return fp32
             fp32.close()
     try:
-        return _open_int8(bundle, choice, threads=threads)
+        return _open_int8(bundle, choice, threads=options.threads)
     except CosaModelError as err:
         notes.append(f"onnxruntime-int8: {err}")
         return None
 
 
-def _auto(bundle: Bundle, *, providers: Sequence[str] | None, threads: int | None) -> tuple[Backend, list[str]]:
+def _open_onnxruntime(bundle: Bundle, options: BackendOptions) -> Backend:
+    from cosa_sdk.backends.onnxruntime import OnnxRuntimeBackend
+
+    return OnnxRuntimeBackend(
+        bundle.artifact("onnx"),
+        name="onnxruntime",
+        input_name=bundle.onnx.input,
+        output_name=bundle.onnx.output,
+        providers=options.providers,
+        threads=options.threads,
+    )
+
+
+def _open_onnxruntime_int8(bundle: Bundle, options: BackendOptions) -> Backend:
+    choice = choose_int8(bundle)
+    if choice.key is None:
+        if not any(key in bundle.artifacts for key in INT8_ARTIFACTS):
+            bundle.artifact("onnx_int8")  # raises, naming the export command
+        raise CosaModelError(f"no INT8 model of {bundle.source} can run on this CPU: {choice.reason}")
+    return _open_int8(bundle, choice, threads=options.threads)
+
+
+def _open_tensorrt(bundle: Bundle, options: BackendOptions) -> Backend:
+    from cosa_sdk.backends.tensorrt import TensorRTBackend
+
+    return TensorRTBackend(bundle.artifact("tensorrt"), input_name=bundle.onnx.input, output_name=bundle.onnx.output)
+
+
+def _tensorrt_unavailable() -> str | None:
     from cosa_sdk.backends import tensorrt
 
+    return tensorrt.unavailable_reason()
+
+
+# The torch backend rebuilds the training network, so it lives in the training package; named by path here
+# so the SDK never imports training code (tests/test_layers.py).
+TORCH_BACKEND = "cosa_sdk.training.model.sdk_backend:TorchBackend"
+
+
+def _open_torch(bundle: Bundle, options: BackendOptions) -> Backend:
+    import importlib
+
+    module_name, class_name = TORCH_BACKEND.split(":")
+    backend_class = getattr(importlib.import_module(module_name), class_name)
+    return backend_class(bundle.artifact("torch"), bundle.config.get("model_config"))
+
+
+# name -> entry, in the order error messages and `--backend` help list them; `auto_rank` orders `auto`.
+REGISTRY: dict[str, BackendEntry] = {
+    "onnxruntime": BackendEntry(
+        open=_open_onnxruntime,
+        artifacts=("onnx",),
+        export_hint=EXPORT,
+        auto_rank=30,
+    ),
+    "onnxruntime-int8": BackendEntry(
+        open=_open_onnxruntime_int8,
+        artifacts=INT8_ARTIFACTS,
+        export_hint=f"{EXPORT} --int8",
+        auto_rank=20,  # on a CPU only: its step returns ONNX Runtime fp32 when that runs on CUDA
+        auto_step=_int8_on_cpu,
+    ),
+    "tensorrt": BackendEntry(
+        open=_open_tensorrt,
+        artifacts=("tensorrt",),
+        export_hint=f"{EXPORT} --tensorrt --fp16 (on the GPU that will run it)",
+        auto_rank=10,
+        unavailable=_tensorrt_unavailable,
+    ),
+    "torch": BackendEntry(
+        open=_open_torch,
+        artifacts=("torch",),
+        export_hint=EXPORT,
+        auto_rank=40,
+    ),
+}
+
+
+def backend_names() -> tuple[str, ...]:
+    """The names `check_backend_name` accepts: "auto", then the registry's, in registry order."""
+    return ("auto", *REGISTRY)
+
+
+def __getattr__(name: str) -> Any:
+    """`BACKENDS`: `backend_names()`, read from the registry each time."""
+    if name == "BACKENDS":
+        return backend_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def auto_order() -> tuple[str, ...]:
+    """The backends `auto` tries, first to last: the registry's entries by `auto_rank` (None: never)."""
+    ranked = [(name, entry.auto_rank) for name, entry in REGISTRY.items() if entry.auto_rank is not None]
+    return tuple(name for name, _ in sorted(ranked, key=lambda item: item[1]))
+
+
+def export_hint(artifact: str) -> str:
+    """The command that creates the bundle artifact `artifact` (from the backend that runs it)."""
+    return next((entry.export_hint for entry in REGISTRY.values() if artifact in entry.artifacts), "cosa export")
+
+
+def check_backend_name(name: str) -> str:
+    """Normalise a backend name; CosaInputError listing the choices for anything else."""
+    normalised = str(name).strip().lower().replace("_", "-")
+    if normalised != "auto" and normalised not in REGISTRY:
+        raise CosaInputError(f"unknown backend {name!r}: choose one of {', '.join(backend_names())}")
+    return normalised
+
+
+def open_backend(
+    bundle: Bundle,
+    name: str = "auto",
+    *,
+    providers: Sequence[str] | None = None,
+    threads: int | None = None,
+) -> tuple[Backend, list[str]]:
+    """The backend for `name` and the notes on options `auto` skipped."""
+    name = check_backend_name(name)
+    options = BackendOptions(providers=providers, threads=threads)
+    if name == "auto":
+        return _auto(bundle, options)
+    return REGISTRY[name].open(bundle, options), []
+
+
+def _auto_step(
+    name: str, entry: BackendEntry, bundle: Bundle, notes: list[str], options: BackendOptions
+) -> Backend | None:
+    """`auto`'s usual step for one backend whose artifacts the bundle lists: None (with a note) when it cannot run."""
+    listed = [key for key in entry.artifacts if key in bundle.artifacts]
+    if not any(bundle.has(key) for key in listed):
+        notes.append(f"{name}: {bundle.artifacts[listed[0]]} is missing from the bundle")
+        return None
+    if entry.unavailable is not None and (reason := entry.unavailable()) is not None:
+        notes.append(f"{name}: {reason}")
+        return None
+    try:
+        return entry.open(bundle, options)
+    except CosaModelError as err:
+        notes.append(f"{name}: {err}")
+        return None
+
+
+def _auto(bundle: Bundle, options: BackendOptions) -> tuple[Backend, list[str]]:
+    """The first backend of `auto_order()` that runs the bundle here, and a note for each one skipped."""
     notes: list[str] = []
-    steps = (("tensorrt", "tensorrt"), ("onnxruntime-int8", ""), ("onnxruntime", "onnx"), ("torch", "torch"))
-    for name, artifact in steps:
-        if name == "onnxruntime-int8":
-            if any(key in bundle.artifacts for key in INT8_ARTIFACTS):
-                backend = _int8_on_cpu(bundle, notes, providers=providers, threads=threads)
-                if backend is not None:
-                    return backend, notes
+    for name in auto_order():
+        entry = REGISTRY[name]
+        if not any(key in bundle.artifacts for key in entry.artifacts):
             continue
-        if artifact not in bundle.artifacts:
-            continue
-        if not bundle.has(artifact):
-            notes.append(f"{name}: {bundle.artifacts[artifact]} is missing from the bundle")
-            continue
-        if name == "tensorrt" and (reason := tensorrt.unavailable_reason()) is not None:
-            notes.append(f"tensorrt: {reason}")
-            continue
-        try:
-            return _open(bundle, name, providers=providers, threads=threads), notes
-        except CosaModelError as err:
-            notes.append(f"{name}: {err}")
+        if entry.auto_step is not None:
+            backend = entry.auto_step(bundle, notes, options)
+        else:
+            backend = _auto_step(name, entry, bundle, notes, options)
+        if backend is not None:
+            return backend, notes
     raise CosaModelError(f"no backend can run the bundle {bundle.source}: " + "; ".join(notes or ["no artifacts"]))

@@ -22,11 +22,11 @@ from cosa_sdk.demo.report import write_report
 from cosa_sdk.errors import CosaConfigError, CosaDataError
 from cosa_sdk.report_html import legend
 from cosa_sdk.training.config import TrainConfig, apply_overrides, preset
-from cosa_sdk.training.data import build_dataset
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
 from cosa_sdk.training.evaluation.evaluate import evaluate, format_scores, predict_maps
 from cosa_sdk.training.evaluation.visualize import blend, colorize, grid, heatmap
 from cosa_sdk.training.method.pseudo_labels import cam_pseudo_label, valid_cams
+from cosa_sdk.training.run_record import RunRecord
 
 DEFAULT_DATA = "synthetic"
 SAMPLE_IMAGES = 6
@@ -42,7 +42,8 @@ def _fresh(target: Path, source: Path) -> bool:
 
 
 def train_stage(run: Path, config: TrainConfig, data: str) -> None:
-    from cosa_sdk.training.engine.trainer import Trainer, run_differences
+    from cosa_sdk.training.engine.run_dir import run_differences
+    from cosa_sdk.training.engine.trainer import Trainer
 
     last = run / "last.pt"
     if last.exists():
@@ -70,15 +71,14 @@ def eval_stage(run: Path, out: Path, data: str) -> dict[str, Any]:
         return json.loads(target.read_text())
     record = load_checkpoint(run / "best.pt")
     network = build_network(record)
-    dataset = build_dataset(
-        data, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
-    )
+    run_record = RunRecord.from_checkpoint(record)
+    dataset = run_record.eval_dataset(data_spec=data)
     scores = evaluate(
         network,
         dataset,
-        num_classes=len(record["classes"]),
-        class_names=record["classes"],
-        cam_threshold=record["config"].get("cam_threshold", 0.5),
+        num_classes=len(run_record.classes),
+        class_names=list(run_record.classes),
+        cam_threshold=run_record.cam_threshold,
     )
     print(format_scores(scores))
     target.write_text(json.dumps(scores, indent=2))
@@ -209,9 +209,7 @@ def demo_command(args: argparse.Namespace) -> int:
     scores = eval_stage(run, out, data)
     export_stage(run, bundle, data)
     record = load_checkpoint(run / "best.pt")
-    dataset = build_dataset(
-        data, "val", mean=record["data"]["mean"], std=record["data"]["std"], eval_size=record["data"]["crop_size"]
-    )
+    dataset = RunRecord.from_checkpoint(record).eval_dataset(data_spec=data)
     results = segment_stage(bundle, dataset, out)
     latency = latency_stage(bundle, dataset[0]["raw"].numpy())
     (out / "latency.json").write_text(json.dumps(latency, indent=2))

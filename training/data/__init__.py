@@ -8,8 +8,9 @@ one pinned by `voc:PATH?split=NAME`).
 
 from __future__ import annotations
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.training.data.build import build_dataset, data_summary, read_index, resolve_split
-from cosa_sdk.training.data.common import IGNORE_INDEX, IMAGENET_MEAN, IMAGENET_STD, Item, ItemIndex, seed_worker
+from cosa_sdk.training.data.common import IGNORE_INDEX, Item, ItemIndex, seed_worker
 from cosa_sdk.training.data.datasets import EvalDataset, TrainDataset, collate_eval
 from cosa_sdk.training.data.readers.synthetic import ensure_synthetic, generate_synthetic
 from cosa_sdk.training.data.sampling import TrainKeySampler

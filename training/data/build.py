@@ -5,6 +5,7 @@ The `split` argument of `read_index` / `build_dataset` is a *role* when it is "t
 default (VOC: `train_aug` when the SBD augmentation is present, else `train` with a warning);
 "val" (the evaluation role) always reads `val`, a pinned split applies to training only. Any
 other split name of the kind (e.g. "train_aug") is read as is. `resolve_split` gives the answer.
+A kind's splits, default training split and reader are its entry in `readers.READERS`.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.errors import CosaConfigError
-from cosa_sdk.training.data.common import IMAGENET_MEAN, IMAGENET_STD, ItemIndex
+from cosa_sdk.training.data.common import ItemIndex
 from cosa_sdk.training.data.datasets import EvalDataset, TrainDataset
-from cosa_sdk.training.data.spec import SPLITS, DataSpec, parse_data_spec
+from cosa_sdk.training.data.readers import READERS
+from cosa_sdk.training.data.spec import DataSpec, parse_data_spec
 
 
 def resolve_split(spec: str | DataSpec, role: str) -> str:
@@ -25,17 +28,14 @@ def resolve_split(spec: str | DataSpec, role: str) -> str:
     role falls back from `train_aug` to `train`.
     """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
-    if role not in SPLITS[spec.kind]:
-        raise CosaConfigError(f"{spec.kind} datasets have the splits {', '.join(SPLITS[spec.kind])}, not {role!r}.")
+    reader = READERS[spec.kind]
+    if role not in reader.splits:
+        raise CosaConfigError(f"{spec.kind} datasets have the splits {', '.join(reader.splits)}, not {role!r}.")
     if role != "train":
         return role
     if spec.split is not None:
         return spec.split
-    if spec.kind == "voc":
-        from cosa_sdk.training.data.readers.voc import default_train_split
-
-        return default_train_split(spec.path)
-    return "train"
+    return reader.default_train_split(spec)
 
 
 def data_summary(spec: str | DataSpec, dataset: TrainDataset | EvalDataset) -> str:
@@ -51,23 +51,7 @@ def read_index(spec: str | DataSpec, split: str, *, cache_root: Path | None = No
     """
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     split = resolve_split(spec, split)
-    if spec.kind == "voc":
-        from cosa_sdk.training.data.readers.voc import read_voc
-
-        return read_voc(spec.path, split)
-    if spec.kind == "coco":
-        from cosa_sdk.training.data.readers.coco import read_coco
-
-        return read_coco(spec.path, split)
-    from cosa_sdk.training.data.readers.custom import read_custom
-
-    if spec.kind == "synthetic":
-        from cosa_sdk.training.data.readers.synthetic import ensure_synthetic
-
-        index = read_custom(ensure_synthetic(spec.params, root=cache_root), split)
-        index.source = f"{spec} ({split})"
-        return index
-    return read_custom(spec.path, split)
+    return READERS[spec.kind].read(spec, split, cache_root)
 
 
 def build_dataset(

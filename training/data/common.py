@@ -11,14 +11,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from cosa_sdk.constants import IMAGE_SUFFIXES
 from cosa_sdk.errors import CosaDataError
 from cosa_sdk.inputs import decode_image
 from cosa_sdk.palette import voc_colormap
 
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 IGNORE_INDEX = 255
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 # Errors PIL raises for files that are not images or are cut short.
 BAD_IMAGE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError, Image.DecompressionBombError)

@@ -11,12 +11,11 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaInputError
 from cosa_sdk.training.data.common import (
     BAD_IMAGE_ERRORS,
     IGNORE_INDEX,
-    IMAGENET_MEAN,
-    IMAGENET_STD,
     Item,
     ItemIndex,
     labels_from_mask,

@@ -7,29 +7,42 @@ query key is `split`; its value must be a split of the kind (`SPLITS`). A pinned
 training role only: evaluation always reads `val` (see `build.resolve_split`). Without a pin, VOC trains
 on `train_aug` when the SBD augmentation is present, else on `train`; coco and custom train on `train`.
 `synthetic` takes no query (its splits are fixed).
+
+The kinds come from the reader registry `cosa_sdk.training.data.readers.READERS`; `KINDS`, `SPLITS` and
+`SPEC_HELP` are derived from it each time they are read, so a kind added there is parsed here unchanged.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from cosa_sdk.errors import CosaConfigError
+from cosa_sdk.training.data.readers import READERS
 
-KINDS = ("voc", "coco", "custom", "synthetic")
-# The splits each kind has; "train" and "val" double as the training and evaluation roles.
-SPLITS = {
-    "voc": ("train", "train_aug", "val"),
-    "coco": ("train", "val"),
-    "custom": ("train", "val"),
-    "synthetic": ("train", "val"),
-}
 QUERY_KEYS = ("split",)
-SPEC_HELP = (
-    "use one of voc:PATH (VOCdevkit/VOC2012), coco:PATH (COCO 2014 + PNG masks), custom:PATH "
-    "(classes.txt, images/, labels.csv), or synthetic (optionally synthetic:n_train=64,n_val=16,size=128,seed=0); "
-    "append ?split=NAME to a PATH to pin the training split (e.g. voc:PATH?split=train)"
-)
+
+
+def spec_help() -> str:
+    """The accepted spec forms, for error messages: one per registered kind, in registry order."""
+    forms = [reader.help for reader in READERS.values()]
+    listed = f"{', '.join(forms[:-1])}, or {forms[-1]}" if len(forms) > 1 else forms[0]
+    pinned = next(((kind, r.splits[0]) for kind, r in READERS.items() if r.takes_path), None)
+    example = f" (e.g. {pinned[0]}:PATH?split={pinned[1]})" if pinned else ""
+    return f"use one of {listed}; append ?split=NAME to a PATH to pin the training split{example}"
+
+
+def __getattr__(name: str) -> Any:
+    """`KINDS` (tuple of kinds), `SPLITS` (kind -> its splits; "train" and "val" double as the training and
+    evaluation roles) and `SPEC_HELP`, read from the registry each time."""
+    if name == "KINDS":
+        return tuple(READERS)
+    if name == "SPLITS":
+        return {kind: reader.splits for kind, reader in READERS.items()}
+    if name == "SPEC_HELP":
+        return spec_help()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 @dataclass(frozen=True)
@@ -43,9 +56,10 @@ class DataSpec:
     split: str | None = None
 
     def __str__(self) -> str:
-        if self.kind == "synthetic":
+        reader = READERS.get(self.kind)
+        if reader is not None and not reader.takes_path:
             extra = ",".join(f"{k}={v}" for k, v in sorted(self.params.items()))
-            return f"synthetic:{extra}" if extra else "synthetic"
+            return f"{self.kind}:{extra}" if extra else self.kind
         text = f"{self.kind}:{self.path}"
         if self.split is not None:
             return f"{text}?split={self.split}"
@@ -56,22 +70,19 @@ class DataSpec:
 def parse_data_spec(spec: str) -> DataSpec:
     """Parse a dataset spec string; raises CosaConfigError naming the accepted forms."""
     if not isinstance(spec, str) or not spec.strip():
-        raise CosaConfigError(f"empty dataset spec: {SPEC_HELP}.")
+        raise CosaConfigError(f"empty dataset spec: {spec_help()}.")
     spec = spec.strip()
     kind, sep, rest = spec.partition(":")
     kind = kind.lower()
-    if kind == "synthetic" or kind.startswith("synthetic?"):
-        if "?" in spec:
-            raise CosaConfigError(
-                f"dataset spec {spec!r}: synthetic takes no ?query (its splits train and val are fixed); "
-                "write synthetic or synthetic:n_train=64,n_val=16,size=128,seed=0."
-            )
-        return DataSpec(kind="synthetic", params=_parse_params(rest, spec))
-    if kind not in KINDS or not sep:
+    bare = kind.partition("?")[0]  # a kind without a PATH may be followed by a (refused) ?query
+    reader = READERS.get(bare)
+    if reader is not None and reader.parse_params is not None:
+        return DataSpec(kind=bare, params=reader.parse_params(rest, spec))
+    if kind not in READERS or not sep:
         hint = ""
         if Path(spec).expanduser().is_dir():
             hint = f" (if {spec!r} is a folder in the custom format, write custom:{spec})"
-        raise CosaConfigError(f"unknown dataset spec {spec!r}{hint}: {SPEC_HELP}.")
+        raise CosaConfigError(f"unknown dataset spec {spec!r}{hint}: {spec_help()}.")
     path, query_sep, query = rest.rpartition("?")
     if not query_sep:
         path, query = rest, ""
@@ -83,6 +94,7 @@ def parse_data_spec(spec: str) -> DataSpec:
 
 def _parse_query(query: str, kind: str, spec: str) -> str | None:
     """The split named by a `split=NAME` query (None for an empty query); CosaConfigError otherwise."""
+    splits = READERS[kind].splits
     split = None
     for part in filter(None, (p.strip() for p in query.split("&"))):
         key, eq, value = part.partition("=")
@@ -90,33 +102,14 @@ def _parse_query(query: str, kind: str, spec: str) -> str | None:
         if not eq or key not in QUERY_KEYS:
             raise CosaConfigError(
                 f"bad query {part!r} in dataset spec {spec!r}: the only key is split (write "
-                f"{kind}:PATH?split={SPLITS[kind][0]}); if '?' belongs to the path, end the spec with '?'."
+                f"{kind}:PATH?split={splits[0]}); if '?' belongs to the path, end the spec with '?'."
             )
         if split is not None:
             raise CosaConfigError(f"dataset spec {spec!r} gives split twice: keep one ?split=NAME.")
-        if value not in SPLITS[kind]:
+        if value not in splits:
             raise CosaConfigError(
-                f"dataset spec {spec!r}: {kind} datasets have the splits {', '.join(SPLITS[kind])}, not {value!r}; "
-                f"write {kind}:PATH?split={SPLITS[kind][0]} or leave ?split= out for the default."
+                f"dataset spec {spec!r}: {kind} datasets have the splits {', '.join(splits)}, not {value!r}; "
+                f"write {kind}:PATH?split={splits[0]} or leave ?split= out for the default."
             )
         split = value
     return split
-
-
-def _parse_params(text: str, spec: str) -> dict[str, int]:
-    from cosa_sdk.training.data.readers.synthetic import SYNTHETIC_DEFAULTS
-
-    params: dict[str, int] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        key, eq, value = part.partition("=")
-        key = key.strip()
-        if not eq or key not in SYNTHETIC_DEFAULTS:
-            raise CosaConfigError(
-                f"bad synthetic parameter {part!r} in {spec!r}: write key=value with keys "
-                f"{', '.join(SYNTHETIC_DEFAULTS)} (e.g. synthetic:n_train=64,n_val=16,size=128,seed=0)."
-            )
-        try:
-            params[key] = int(value)
-        except ValueError as exc:
-            raise CosaConfigError(f"synthetic parameter {key}={value!r} in {spec!r} must be an integer.") from exc
-    return params

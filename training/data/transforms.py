@@ -1,4 +1,4 @@
-"""CoSA augmentation (method spec section 3) and evaluation resizing, with PIL + numpy + torch.
+"""CoSA augmentation (docs/method.md, "Augmentation") and evaluation resizing, with PIL + numpy + torch.
 
 One draw of `AugParams` fixes the geometry (rescale, flip, crop, padding offset) shared by the weak
 and strong views; the strong view only adds one photometric op on top of the weak one.
@@ -109,7 +109,7 @@ def apply_geometry(
 
 
 def strong_op(image: Image.Image, op: str, magnitude: int) -> Image.Image:
-    """Apply one named photometric op with magnitude 1..9 (formulas of method spec section 3)."""
+    """Apply one named photometric op with magnitude 1..9 (formulas in docs/method.md, "Augmentation")."""
     factor = magnitude * 0.18 + 0.1
     if op == "identity":
         return image

@@ -15,11 +15,11 @@ from typing import Any
 import torch
 
 from cosa_sdk import __version__
+from cosa_sdk.constants import NETWORK_NAMES
 from cosa_sdk.errors import CosaModelError
 
 CHECKPOINT_FORMAT = "cosa-checkpoint"
 CHECKPOINT_VERSION = 1
-NETWORK_KEYS = {"online": "online", "assignment": "assignment", "student": "online", "teacher": "assignment"}
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -75,7 +75,7 @@ def network_state(record: dict[str, Any], which: str = "auto") -> tuple[str, dic
     """The state dict of one of the two networks: `auto` takes the one the run selected as best."""
     if which == "auto":
         which = record.get("selected", "online")
-    key = NETWORK_KEYS.get(which)
+    key = NETWORK_NAMES.get(which)
     if key is None:
         raise CosaModelError(f"unknown network {which!r}: use auto, online (student) or assignment (teacher)")
     state = record.get(key)

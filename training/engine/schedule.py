@@ -1,4 +1,4 @@
-"""Optimizer and learning-rate schedule of the released CoSA recipe (method spec 3)."""
+"""Optimizer and learning-rate schedule of the released CoSA recipe (docs/method.md, "Schedule")."""
 
 from __future__ import annotations
 

@@ -1,13 +1,12 @@
 """The training engine: one loop for CPU, one GPU and torchrun DDP, with exact resume.
 
-Per iteration (method spec 3): the assignment network's pseudo-labels from the weak view, the online
+Per iteration (docs/method.md, "Schedule"): the assignment network's pseudo-labels from the weak view, the online
 network's losses on the strong view, an AdamW step with the poly/warm-up schedule, then the EMA update.
 """
 
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -23,77 +22,16 @@ from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaModelError
 from cosa_sdk.training.config import BEST_METRICS, TrainConfig
 from cosa_sdk.training.data import build_dataset, seed_worker
 from cosa_sdk.training.data.sampling import label_set_weights
-from cosa_sdk.training.engine.checkpoint import load_checkpoint, save_checkpoint
+from cosa_sdk.training.engine.checkpoint import save_checkpoint
 from cosa_sdk.training.engine.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
 from cosa_sdk.training.engine.iteration import IterationResult, TrainingIteration, per_process_batch
+from cosa_sdk.training.engine.run_dir import prepare_run_dir
 from cosa_sdk.training.engine.sampler import StepBatchSampler
 from cosa_sdk.training.evaluation.evaluate import evaluate
 from cosa_sdk.training.evaluation.visualize import save_training_samples
 from cosa_sdk.training.method.step import CoSALosses
 from cosa_sdk.training.model.network import CoSANetwork
-
-RUN_FILES = ("config.json", "metrics.jsonl", "last.pt", "best.pt", "samples")
-
-
-def run_differences(
-    record: dict[str, Any],
-    config: TrainConfig,
-    *,
-    data_spec: str,
-    supervision: str = "weak",
-    preset_name: str | None = None,
-) -> str:
-    """What a saved run (checkpoint record) computes differently from `config`, as readable text ("" if nothing).
-
-    The preset name counts only when both sides name one (runs started from Python may have none).
-    """
-    diff = TrainConfig.from_dict(record["config"]).differences(config)
-    if preset_name is not None and record.get("preset") not in (None, preset_name):
-        diff["preset"] = (record.get("preset"), preset_name)
-    if record.get("data", {}).get("spec") != data_spec:
-        diff["data"] = (record.get("data", {}).get("spec"), data_spec)
-    if record.get("supervision", "weak") != supervision:
-        diff["supervision"] = (record.get("supervision"), supervision)
-    return ", ".join(f"{k}: run has {a!r}, now {b!r}" for k, (a, b) in sorted(diff.items()))
-
-
-def saved_run(run_dir: str | Path) -> dict[str, Any] | None:
-    """The settings a run directory was started with, from last.pt, else config.json (a run that died before
-    its first checkpoint); None when it holds neither. Keys: config (TrainConfig dict), data (the spec),
-    supervision, preset (may be None), source (the file read), record (the full checkpoint record or None).
-    """
-    run_dir = Path(run_dir)
-    last = run_dir / "last.pt"
-    if last.is_file():
-        record = load_checkpoint(last)
-        return {
-            "config": record["config"],
-            "data": record.get("data", {}).get("spec"),
-            "supervision": record.get("supervision", "weak"),
-            "preset": record.get("preset"),
-            "source": last,
-            "record": record,
-        }
-    path = run_dir / "config.json"
-    if not path.is_file():
-        return None
-    try:
-        payload = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(payload, dict) or not isinstance(payload.get("config"), dict):
-            raise ValueError("no 'config' object")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise CosaConfigError(
-            f"{path} is not the config.json of a `cosa train` run ({err}); start over with --force or "
-            "choose another --out"
-        ) from err
-    return {
-        "config": payload["config"],
-        "data": payload.get("data"),
-        "supervision": payload.get("supervision", "weak"),
-        "preset": payload.get("preset"),
-        "source": path,
-        "record": None,
-    }
+from cosa_sdk.training.run_record import RECORD_KEY, RunRecord
 
 
 class Trainer:
@@ -128,6 +66,14 @@ class Trainer:
             seed=cfg.seed,
             supervision=supervision,
             rescale_range=cfg.rescale_range,
+        )
+        self.run = RunRecord.for_training(
+            cfg,
+            classes=self.train_set.classes,
+            palette=self.train_set.palette,
+            data_spec=data_spec,
+            supervision=supervision,
+            preset=preset_name,
         )
         self.val_set = self._optional_val_set()
         torch.manual_seed(cfg.seed)
@@ -168,66 +114,22 @@ class Trainer:
 
     # ----------------------------------------------------------------------------------------- run dir
     def _prepare_run_dir(self, *, resume: bool, force: bool) -> dict[str, Any] | None:
-        existing = [name for name in RUN_FILES if (self.run_dir / name).exists()]
-        if resume:
-            saved = saved_run(self.run_dir)
-            if saved is None:
-                raise CosaConfigError(
-                    f"--resume: {self.run_dir} holds no run to continue (no last.pt or config.json); start the "
-                    "run without --resume"
-                )
-            saved_like = {
-                "config": saved["config"],
-                "data": {"spec": saved["data"]},
-                "supervision": saved["supervision"],
-                "preset": saved["preset"],
-            }
-            listing = run_differences(
-                saved_like,
-                self.config,
-                data_spec=self.data_spec,
-                supervision=self.supervision,
-                preset_name=self.preset_name,
-            )
-            if listing:
-                raise CosaConfigError(
-                    f"--resume with another config than {saved['source']} ({listing}); `cosa train --out "
-                    f"{self.run_dir} --resume` alone continues with the run's own settings, or start a new run "
-                    "in another --out directory"
-                )
-            record = saved["record"]
-            if record is not None:
-                if self.ctx.is_main:
-                    _truncate_metrics(self.run_dir / "metrics.jsonl", int(record["iteration"]))
-                return record
-            # config.json but no checkpoint: the run died before its first one; restart it from step 0.
-            existing = [name for name in existing if name != "config.json"]
-            force = True
-        if existing and not force:
-            raise CosaConfigError(
-                f"{self.run_dir} already holds a run ({', '.join(existing)}): pass --resume to "
-                "continue it, --force to start over (deletes it), or choose another --out"
-            )
-        if self.ctx.is_main:
-            if existing and force:
-                for name in existing:
-                    target = self.run_dir / name
-                    shutil.rmtree(target) if target.is_dir() else target.unlink()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
+        record = prepare_run_dir(
+            self.run_dir,
+            self.config,
+            data_spec=self.data_spec,
+            supervision=self.supervision,
+            preset_name=self.preset_name,
+            resume=resume,
+            force=force,
+            is_main=self.ctx.is_main,
+        )
         barrier(self.ctx)
-        return None
+        return record
 
     def _optional_val_set(self):
         try:
-            val = build_dataset(
-                self.data_spec,
-                "val",
-                crop_size=self.config.crop_size,
-                mean=self.config.mean,
-                std=self.config.std,
-                seed=self.config.seed,
-                eval_size=self.config.eval_size or self.config.crop_size,
-            )
+            val = self.run.eval_dataset()
         except CosaDataError:  # a dataset without masks trains fine but cannot be scored
             return None
         return val if len(val) else None
@@ -247,6 +149,7 @@ class Trainer:
             },
             "preset": self.preset_name,
             "config": self.config.to_dict(),
+            RECORD_KEY: self.run.to_dict(),
             "backbone_weights": self.config.backbone_weights,
             "backbone_weights_info": getattr(self.online.backbone.model, "cosa_weights_info", None),
             "online": self.online.state_dict(),
@@ -441,22 +344,6 @@ class Trainer:
             "config": self.config.to_dict(),
         }
         (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metrics.jsonl entries logged after `step` (they are recomputed after a resume) and any line cut
-    short by the interruption, so no step is listed twice."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            entry = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(entry, dict) and int(entry.get("step", 0)) <= step:
-            kept.append(line + "\n")
-    path.write_text("".join(kept), encoding="utf-8")
 
 
 def _progress(*, total: int, initial: int, enabled: bool):

@@ -1,4 +1,4 @@
-"""Dense-CRF post-processing for `cosa eval --crf` (method spec 4.1 step 5), through the `[crf]` extra."""
+"""Dense-CRF post-processing for `cosa eval --crf` through the `[crf]` extra (docs/method.md, "CRF post-processing")."""
 
 from __future__ import annotations
 

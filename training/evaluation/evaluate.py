@@ -1,4 +1,4 @@
-"""Evaluation (method spec section 4): CAM mIoU, label-free and GT-filtered segmentation mIoU.
+"""Evaluation (docs/method.md, "Evaluation"): CAM mIoU, label-free and GT-filtered segmentation mIoU.
 
 Label-free ("Seg_ps") is what a deployed model achieves; GT-filtered ("Seg_vd") suppresses classes absent
 from the ground-truth image labels, as the paper's headline numbers do. Both are always reported.
@@ -13,17 +13,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from cosa_sdk.constants import TTA_SCALES
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix, image_miou
 from cosa_sdk.training.method.pseudo_labels import mask_absent_classes, normalize_cams, teacher_fusion, valid_cams
 from cosa_sdk.training.model.network import CoSANetwork
 
-EVAL_TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
 RIGHT_IMAGE_MIOU = 0.5  # an image whose own label-free mIoU reaches this counts as segmented right
 
 
 @torch.no_grad()
 def predict_maps(
-    network: CoSANetwork, images: torch.Tensor, *, tta: bool = False, scales: Sequence[float] = EVAL_TTA_SCALES
+    network: CoSANetwork, images: torch.Tensor, *, tta: bool = False, scales: Sequence[float] = TTA_SCALES
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(normalised CAMs in [0, 1], seg logits) at the input size; TTA = multi-scale + flip fusion."""
     if tta:

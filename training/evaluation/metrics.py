@@ -1,4 +1,4 @@
-"""Segmentation scores from an accumulated confusion matrix (method spec 4.1, step 6)."""
+"""Segmentation scores from an accumulated confusion matrix (docs/method.md, "Segmentation mIoU")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Contrastive separation of co-existing classes (paper technique L_csc; method spec 2.7(c)).
+"""Contrastive separation of co-existing classes (paper technique L_csc; docs/method.md, "Contrastive separation").
 
 The paper's formula is not available and the released code has no such term, so this is our own
 design. It targets "co-existence": CAMs / features of two classes present in the same image firing

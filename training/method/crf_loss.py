@@ -1,4 +1,4 @@
-"""Dense-CRF energy regulariser L_reg (Tang et al., ECCV'18; docs/method.md, "L_reg") in plain torch.
+"""Dense-CRF energy regulariser L_reg (Tang et al., ECCV'18; docs/method.md, "Dense-CRF regulariser") in plain torch.
 
 L_reg filters the segmentation probabilities with a Gaussian bilateral kernel over
 f = (x/s_xy, y/s_xy, colour/s_rgb). Three filters are offered:

@@ -1,4 +1,4 @@
-"""Dynamic threshold searching (paper technique; method spec 2.7(a), as in the official code).
+"""Dynamic threshold searching as in the official code (docs/method.md, "Dynamic threshold searching").
 
 A ring buffer holds, per recent image, the max-over-classes valid CAM on a coarse grid. Every update
 fits a 1-D three-component Gaussian mixture (sklearn) to the buffered values above ``filter_thre``;
@@ -11,7 +11,7 @@ step. Two documented options make it cheap: ``max_samples`` fits on a fixed rand
 positions (32768 positions: ~25 ms per update, raw thresholds within ~2e-3 of the exact fit before
 the 0.99 smoothing) and ``fit_every=k`` refits every k-th update with momentum ``momentum ** k`` so
 the smoothing time constant stays the same (k = 4: ~10 ms per update on average). With
-``max_samples=None, fit_every=1`` (the defaults) the behaviour is exactly the spec's.
+``max_samples=None, fit_every=1`` (the defaults) the behaviour is exactly the official rule.
 """
 
 from __future__ import annotations

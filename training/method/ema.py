@@ -1,4 +1,4 @@
-"""The assignment network: an exponential moving average of the online network (method spec 1.3)."""
+"""The assignment network: an EMA of the online network (docs/method.md, "Online and assignment networks")."""
 
 from __future__ import annotations
 

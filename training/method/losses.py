@@ -1,4 +1,4 @@
-"""CoSA's classification and swapped-assignment losses (method spec 2.1, 2.3, 2.4)."""
+"""CoSA's classification and swapped-assignment losses (docs/method.md, "Losses")."""
 
 from __future__ import annotations
 
@@ -46,7 +46,7 @@ def balanced_seg_loss(
     pixel_weights: torch.Tensor | None = None,
     ignore_index: int = 255,
 ) -> torch.Tensor:
-    """Background/foreground balanced cross-entropy L_bal (spec 2.3).
+    """Background/foreground balanced cross-entropy L_bal (docs/method.md, "CAM-to-seg loss").
 
     CE is summed separately over background pixels (label 0) and foreground pixels (1..C) of the
     whole batch, each divided by its pixel count + 1e-6, and mixed as (1 - a) * bg + a * fg.
@@ -72,8 +72,9 @@ def balanced_seg_loss(
 
 
 def seg_to_cam_loss(cams: torch.Tensor, spl_probs: torch.Tensor) -> torch.Tensor:
-    """L_s2c (spec 2.4): the SPL's foreground channels, bilinearly resized to the CAM grid, are soft
-    multi-label targets for the ReLU'd online CAMs (multi-label soft margin over (B*h*w) x C rows)."""
+    """L_s2c (docs/method.md, "Seg-to-CAM loss"): the SPL's foreground channels, bilinearly resized to the CAM
+    grid, are soft multi-label targets for the ReLU'd online CAMs (multi-label soft margin over (B*h*w) x C
+    rows)."""
     if cams.dim() != 4 or spl_probs.dim() != 4:
         raise CosaInputError(
             f"seg_to_cam_loss needs B x C x h x w CAMs and B x (C+1) x H x W SPL probabilities, "

@@ -1,5 +1,5 @@
-"""Soft perplexity-based pixel weights (paper technique "soft perplexity-based regularisation";
-method spec 2.7(b)).
+"""Soft perplexity-based pixel weights, the paper technique "soft perplexity-based regularisation"
+(docs/method.md, "Soft perplexity-based regularisation").
 
 The paper's exact formula was not available (only its abstract, introduction and pipeline figure
 could be read, and the released code does not contain the module), so this is our reconstruction:

@@ -1,7 +1,7 @@
 """Teacher-side pseudo-labels of CoSA: multi-scale/flip fusion, CAM pseudo-labels (CPL) and soft
 segmentation pseudo-labels (SPL).
 
-All functions follow the method spec (sections 2.2-2.4) to the float: the reference cases in
+All functions follow the released code to the float (docs/method.md, "Pseudo-labels"): the reference cases in
 ``tests/cosa-reference-cases.json`` were produced by the official functions and are reproduced here.
 """
 
@@ -57,7 +57,7 @@ def normalize_cams(cams: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 def valid_cams(cams: torch.Tensor, cls_labels: torch.Tensor) -> torch.Tensor:
-    """Zero the CAMs of classes absent from the image labels (spec 2.2, last step)."""
+    """Zero the CAMs of classes absent from the image labels (docs/method.md, "Teacher fusion")."""
     _check_4d("cams", cams)
     labels = _check_labels(cls_labels, cams.shape[0], cams.shape[1]).to(cams)
     return cams * labels[:, :, None, None]
@@ -84,7 +84,7 @@ def teacher_fusion(
     aux_last_scale_only: bool = False,
     flip: bool = True,
 ) -> TeacherOutput:
-    """Multi-scale + horizontal-flip fusion of a network's maps (spec 2.2 / 4.1), without gradients.
+    """Multi-scale + horizontal-flip fusion of a network's maps (docs/method.md, "Teacher fusion"), without gradients.
 
     Each scale runs the image and its mirror as one batched forward of 2B images. CAMs: max over the
     flip pair, ReLU, sum over scales, per-class min-max normalisation. Aux CAM: the same, except that
@@ -156,7 +156,7 @@ def cam_pseudo_label(
     img_box: torch.Tensor | Sequence[int] | None = None,
     ignore_index: int = IGNORE_INDEX,
 ) -> torch.Tensor:
-    """CAM pseudo-label (CPL, spec 2.3): B x H x W long map with 0 = bg, c = class c, 255 = ignore.
+    """CAM pseudo-label (CPL; docs/method.md, "CAM pseudo-labels"): B x H x W map, 0 = bg, c = class c, 255 = ignore.
 
     A constant background map at ``t_high`` (resp. ``t_low``) is put in front of the valid CAMs; the
     stack is bilinearly shrunk by ``downscale``, softmaxed over background + present classes, grown
@@ -197,18 +197,18 @@ def cam_pseudo_label(
 def segmentation_pseudo_label(
     seg_logits: torch.Tensor, cls_labels: torch.Tensor, *, temperature: float = 0.01
 ) -> torch.Tensor:
-    """Soft segmentation pseudo-label (SPL, spec 2.4): softmax(logits / T) over K = C + 1 channels,
-    with the logits of classes absent from the image set to -1e5 (background always kept)."""
+    """Soft segmentation pseudo-label (SPL; docs/method.md, "Segmentation pseudo-labels"): softmax(logits / T)
+    over K = C + 1 channels, with the logits of classes absent from the image set to -1e5 (background kept)."""
     _check_4d("seg_logits", seg_logits)
     if temperature <= 0:
-        raise CosaInputError(f"temperature must be > 0 (the spec uses 0.01), got {temperature}.")
+        raise CosaInputError(f"temperature must be > 0 (the released recipe uses 0.01), got {temperature}.")
     return F.softmax(mask_absent_classes(seg_logits, cls_labels) / temperature, dim=1)
 
 
 def mask_absent_classes(seg_logits: torch.Tensor, cls_labels: torch.Tensor) -> torch.Tensor:
     """Seg logits with the classes absent from the image labels set to -1e5; background (channel 0) kept.
 
-    Used for the SPL (spec 2.4) and for the GT-filtered evaluation protocol (spec 4.1, "Seg_vd")."""
+    Used for the SPL and for the GT-filtered evaluation protocol ("Seg_vd"; docs/method.md, "Segmentation mIoU")."""
     _check_4d("seg_logits", seg_logits)
     b, k = seg_logits.shape[:2]
     labels = _check_labels(cls_labels, b, k - 1).to(seg_logits.device)

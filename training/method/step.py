@@ -1,4 +1,4 @@
-"""One CoSA training step's losses (method spec 2.6): what the online network learns from a batch.
+"""One CoSA training step's losses (docs/method.md, "Total objective"): what the online network learns from a batch.
 
 `CoSALosses` turns (online network, assignment network, batch, iteration) into named loss terms. The
 engine owns the optimiser, EMA, schedule and bookkeeping; this module owns the method.

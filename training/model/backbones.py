@@ -61,9 +61,40 @@ def create_timm_model(name: str, *, weights: str | None = None, **kwargs: Any) -
     return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
 
 
-def is_vit(name: str) -> bool:
-    """True for timm's VisionTransformer family (tokens, class token, absolute position embedding)."""
-    return name.startswith(("vit_", "deit_", "deit3_"))
+def backbone_family(name: str, **timm_kwargs: Any) -> str:
+    """ "vit" or "cnn", decided by the class timm builds for `name`, not by its spelling.
+
+    The model is built on the meta device (no memory, no weights), so any registered name works:
+    VisionTransformer and its subclasses (vit_*, deit*, flexivit*, CLIP ViTs, ...) are "vit"; other token
+    transformers (Eva, BEiT, SAM's ViT, Swin) are refused, since `ViTBackbone` reads VisionTransformer's
+    layout and a feature-stage wrapper would misread their token maps; everything else is "cnn".
+    """
+    from timm.models.vision_transformer import VisionTransformer
+
+    try:
+        with torch.device("meta"):
+            model = timm.create_model(name, pretrained=False, **timm_kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise CosaConfigError(
+                f"unknown timm backbone {name!r}: pick a name from timm.list_models(), e.g. "
+                "'vit_base_patch16_224' or 'tf_efficientnet_lite0'"
+            ) from err
+        raise
+    if isinstance(model, VisionTransformer):
+        return "vit"
+    if hasattr(model, "patch_embed"):
+        raise CosaConfigError(
+            f"backbone {name!r} is a timm {type(model).__name__}, a transformer CoSA cannot read yet: use a timm "
+            "VisionTransformer (e.g. vit_base_patch16_224, deit_small_patch16_224, vit_small_patch14_dinov2) "
+            "or a CNN (e.g. resnet50, tf_efficientnet_lite0)"
+        )
+    return "cnn"
+
+
+def is_vit(name: str, **timm_kwargs: Any) -> bool:
+    """True when timm builds `name` as a VisionTransformer (see `backbone_family`)."""
+    return backbone_family(name, **timm_kwargs) == "vit"
 
 
 class ViTBackbone(nn.Module):
@@ -230,7 +261,7 @@ def build_backbone(
     **timm_kwargs: Any,
 ) -> ViTBackbone | CNNBackbone:
     """ViTBackbone for timm ViTs, CNNBackbone for everything with `features_only` support."""
-    if is_vit(name):
+    if is_vit(name, **timm_kwargs):
         return ViTBackbone(
             name=name,
             weights=weights,

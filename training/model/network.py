@@ -1,4 +1,4 @@
-"""The CoSA network (method spec section 1): backbone, CAM head, auxiliary CAM head, LargeFOV decoder.
+"""The CoSA network (docs/method.md, "The network"): backbone, CAM head, auxiliary CAM head, LargeFOV decoder.
 
 The online network and the assignment network are two instances of `CoSANetwork`;
 `SegmentationStream` is the deployable part (backbone + decoder) that export and the SDK run.

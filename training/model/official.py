@@ -21,7 +21,9 @@ from typing import Any
 
 import torch
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD, NETWORK_NAMES, TTA_SCALES
 from cosa_sdk.errors import CosaConfigError, CosaModelError
+from cosa_sdk.training.run_record import RECORD_KEY, RunRecord
 
 BACKBONE = "vit_base_patch16_224.orig_in21k_ft_in1k"  # the released code starts from these weights
 EMBED_DIM = 768
@@ -32,12 +34,8 @@ POS_ROWS = 1 + 14 * 14
 DECODER_CHANNELS = 512
 DILATION = 5
 INPUT_SIZE = 448
-TTA_SCALES = (1.0, 0.5, 1.5, 0.75, 1.25)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 DATASET_CLASSES = {"voc": 20, "coco": 80}
 NETWORK_FOR_TAG = {"t": "assignment", "s": "online"}
-NETWORK_FOR_CHOICE = {"teacher": "assignment", "assignment": "assignment", "student": "online", "online": "online"}
 
 
 def official_shapes(num_classes: int) -> dict[str, tuple[int, ...]]:
@@ -219,9 +217,9 @@ def _network_key(choice: str, s_or_t: str) -> str:
     if choice == "auto":
         # unknown -> assignment: the released runs evaluated (and saved) the EMA teacher only
         return NETWORK_FOR_TAG.get(s_or_t, "assignment")
-    if choice not in NETWORK_FOR_CHOICE:
+    if choice not in NETWORK_NAMES:
         raise CosaConfigError(f"unknown --network {choice!r}: use auto, teacher or student")
-    return NETWORK_FOR_CHOICE[choice]
+    return NETWORK_NAMES[choice]
 
 
 def _sha256(path: Path) -> str:
@@ -296,6 +294,14 @@ def import_official_checkpoint(
             "std": list(IMAGENET_STD),
         },
         "config": {"input_size": [INPUT_SIZE, INPUT_SIZE], "tta_scales": list(TTA_SCALES)},
+        RECORD_KEY: RunRecord(
+            classes=tuple(classes),
+            palette=tuple(tuple(rgb) for rgb in voc_colormap(num_classes + 1)),
+            eval_size=INPUT_SIZE,
+            input_size=(INPUT_SIZE, INPUT_SIZE),
+            crop_size=INPUT_SIZE,
+            tta_scales=TTA_SCALES,
+        ).to_dict(),
     }
 
 

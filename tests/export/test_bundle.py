@@ -1,0 +1,256 @@
+"""`cosa export` end to end on tiny trained models (ViT and CNN): bundle content, SDK loading, parity, INT8."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from trained_model import CLASSES, cached_checkpoint, synthetic_scenes  # noqa: E402
+
+import cosa_sdk  # noqa: E402
+from cosa_sdk import cpu  # noqa: E402
+from cosa_sdk.cli import main  # noqa: E402
+from cosa_sdk.errors import CosaModelError  # noqa: E402
+from cosa_sdk.export.int8_graph import SAFE_WEIGHT_MAX, max_abs_weight  # noqa: E402
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
+from cosa_sdk.training.model.network import SegmentationStream  # noqa: E402
+
+
+def export(checkpoint: Path, out: Path, *args: str) -> tuple[Path, str]:
+    """Run `cosa export`; returns the bundle and the printed report."""
+    report = io.StringIO()
+    with contextlib.redirect_stdout(report):
+        assert main(["export", str(checkpoint), "--out", str(out), *args]) == 0
+    return out, report.getvalue()
+
+
+def torch_stream(checkpoint: Path) -> SegmentationStream:
+    return build_network(load_checkpoint(checkpoint)).seg_stream().eval()
+
+
+def normalised(images: np.ndarray, config: dict) -> np.ndarray:
+    mean, std = np.float32(config["mean"]), np.float32(config["std"])
+    return ((images.astype(np.float32) / 255.0 - mean) / std).transpose(0, 3, 1, 2).copy()
+
+
+def agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float((a == b).mean())
+
+
+INT8_FILES = {"onnx_int8": "model.int8.onnx", "onnx_int8_vnni": "model.int8-vnni.onnx"}
+
+
+def int8_key(config: dict) -> str:
+    """The one INT8 artifact export wrote: 7-bit weights (any CPU) or 8-bit weights (VNNI CPUs only)."""
+    (key,) = [k for k in config["artifacts"] if k in INT8_FILES]
+    return key
+
+
+class BaseBundleTester:
+    backbone = ""
+    input_size = 64
+
+    @pytest.fixture(scope="class")
+    def checkpoint(self) -> Path:
+        return cached_checkpoint(self.backbone, input_size=self.input_size)
+
+    @pytest.fixture(scope="class")
+    def exported(self, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+        return export(checkpoint, tmp_path_factory.mktemp("export") / "bundle", "--int8")
+
+    @pytest.fixture(scope="class")
+    def bundle(self, exported: tuple[Path, str]) -> Path:
+        return exported[0]
+
+    @pytest.fixture(scope="class")
+    def config(self, bundle: Path) -> dict:
+        return json.loads((bundle / "cosa.json").read_text())
+
+    @pytest.fixture(scope="class")
+    def scenes(self) -> tuple[np.ndarray, np.ndarray]:
+        return synthetic_scenes(6, self.input_size, seed=123)
+
+    def test_bundle_files_and_contract_keys(self, bundle: Path, config: dict) -> None:
+        assert config["format"] == "cosa-bundle" and config["version"] == 1
+        assert config["classes"] == ["background", *CLASSES]
+        assert config["input_size"] == [self.input_size, self.input_size]
+        assert config["backbone"] == self.backbone
+        key = int8_key(config)
+        assert config["artifacts"] == {"torch": "model.safetensors", "onnx": "model.onnx", key: INT8_FILES[key]}
+        assert config["onnx"]["input"] == "image" and config["onnx"]["output"] == "logits"
+        assert config["onnx"]["opset"] >= 17 and config["onnx"]["dynamic"] is False
+        assert config["network"] == "online"
+        assert sorted(p.name for p in bundle.iterdir()) == sorted(
+            ["cosa.json", INT8_FILES[key], "model.onnx", "model.safetensors"]
+        )
+        parity = config["metrics"]["parity"]
+        assert parity["relative_diff"] <= 1e-3 and parity["argmax_agreement"] >= 0.999
+        assert parity["image_source"].startswith("dataset custom:")
+        assert {(c["batch"], tuple(c["size"])) for c in parity["cases"]} == {
+            (1, (self.input_size,) * 2),
+            (4, (self.input_size,) * 2),
+        }
+
+    def test_report_lists_artifacts_parity_int8_and_path(self, exported: tuple[Path, str], config: dict) -> None:
+        bundle, report = exported
+        for name in config["artifacts"].values():
+            assert name in report
+        assert "parity fp32: max |logit diff|" in report and "over 8 images (dataset custom:" in report
+        int8 = config["metrics"]["int8"]
+        assert f"speed-up {int8['speedup']:.2f}x" in report and "int8: argmax agreement" in report
+        validation, photos = (100 * int8["agreement"][k] for k in ("validation", "photos"))
+        count = int8["evaluation"]["photos"]["images"]
+        assert f"validation {validation:.2f} % over 16 images, photos {photos:.2f} % over {count} images" in report
+        assert ("VNNI CPUs only" if int8["needs_vnni"] else "safe on every CPU") in report
+        assert report.strip().endswith(f"bundle: {bundle}")
+
+    def test_onnx_metadata_carries_cosa_json(self, bundle: Path, config: dict) -> None:
+        for key in ("onnx", int8_key(config)):
+            model = onnx.load(str(bundle / config["artifacts"][key]), load_external_data=False)
+            meta = {p.key: p.value for p in model.metadata_props}
+            assert json.loads(meta["cosa.json"]) == config and meta["cosa.artifact"] == key
+
+    def test_fixed_graph_has_free_batch_only(self, bundle: Path) -> None:
+        model = onnx.load(str(bundle / "model.onnx"))
+        dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
+        out = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+        assert dims == ["batch", 3, self.input_size, self.input_size]
+        assert out == ["batch", len(CLASSES) + 1, self.input_size, self.input_size]
+
+    def test_onnx_runtime_matches_torch_at_batch_1_and_4(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        session = ort.InferenceSession(str(bundle / "model.onnx"), providers=["CPUExecutionProvider"])
+        stream = torch_stream(checkpoint)
+        batch = normalised(scenes[0], config)
+        with torch.inference_mode():
+            reference = stream(torch.from_numpy(batch)).numpy()
+        for size in (1, 4):
+            got = session.run(None, {"image": batch[:size]})[0]
+            np.testing.assert_allclose(got, reference[:size], atol=1e-4, rtol=0)
+            assert agreement(got.argmax(1), reference[:size].argmax(1)) >= 0.999
+
+    def test_sdk_loads_bundle_and_segments_like_torch(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        images, truth = scenes
+        with torch.inference_mode():
+            expected = torch_stream(checkpoint)(torch.from_numpy(normalised(images, config))).argmax(1).numpy()
+        segmenter = cosa_sdk.load(bundle, backend="onnxruntime")
+        masks = np.stack([r.mask for r in segmenter.segment(list(images))])
+        assert masks.shape == truth.shape
+        assert agreement(masks, expected) >= 0.999
+        assert agreement(masks, truth) > 0.7  # a trained model, not a constant one
+        assert len(np.unique(masks)) > 1
+
+    def test_int8_gate_metrics_and_weights(self, bundle: Path, config: dict) -> None:
+        int8, key = config["metrics"]["int8"], int8_key(config)
+        assert int8["mode"] == "static" and int8["format"] == "QDQ" and int8["artifact"] == key
+        assert set(int8["agreement"]) == {"validation", "photos"}  # the gate: the worse of the two
+        assert int8["argmax_agreement"] == min(int8["agreement"].values()) >= 0.98
+        assert int8["evaluation"]["photos"]["source"] == "scikit-image photographs"
+        assert int8["evaluation"]["photos"]["images"] >= 5 and int8["evaluation"]["validation"]["images"] == 16
+        assert int8["evaluation"]["validation"]["source"].startswith("dataset custom:")
+        assert int8["speedup"] > 0 and int8["quantized_nodes"] > 0
+        assert int8["attempts"][0]["reduce_range"] is True  # the portable 7-bit weights are tried first
+        assert int8["needs_vnni"] is (key == "onnx_int8_vnni") is (not int8["reduce_range"])
+        assert config["int8"] == {
+            key: {"weight_bits": int8["weight_bits"], "agreement": int8["agreement"], "min_agreement": 0.98}
+        }
+        largest = max_abs_weight(onnx.load(str(bundle / config["artifacts"][key])))
+        assert (largest <= SAFE_WEIGHT_MAX) is (int8["weight_bits"] == 7)  # the width is that of the weights
+
+    @pytest.mark.parametrize(
+        ("claimed", "hardware"),
+        [
+            ("avx2 fma", None),  # a CPU without VNNI
+            ("avx2 avx512_vnni", None),  # a CPU with VNNI
+            ("avx2 avx_vnni", "avx2 fma"),  # told VNNI on hardware without it: 8-bit weights on exact kernels
+        ],
+    )
+    def test_int8_choice_and_agreement_for_each_cpu(
+        self, claimed: str, hardware: str | None, bundle: Path, config: dict, scenes, monkeypatch
+    ) -> None:
+        """The SDK's INT8 choice for either CPU answer, and its masks against fp32 on held-out scenes.
+
+        8-bit weights run either on VNNI or on ONNX Runtime's exact kernels, never on saturating ones, so the
+        masks are the same on every machine this test runs on.
+        """
+        monkeypatch.setenv(cpu.ENV_VAR, claimed)
+        if hardware is not None:
+            monkeypatch.setattr(cpu, "hardware", lambda: cpu.CpuInfo(cpu.parse_flags(hardware), "test"))
+        key = int8_key(config)
+        vnni = "vnni" in claimed
+        fp32 = np.stack([r.mask for r in cosa_sdk.load(bundle, backend="onnxruntime").segment(list(scenes[0]))])
+        seg = cosa_sdk.load(bundle)  # auto: the gated INT8 model when this CPU may run it
+        if key == "onnx_int8_vnni" and not vnni:
+            assert seg.backend == "onnxruntime" and "int8" not in seg.info()
+            assert any("8-bit weights" in note and "VNNI" in note for note in seg.notes)
+            with pytest.raises(CosaModelError, match="need a CPU with VNNI"):
+                cosa_sdk.load(bundle, backend="onnxruntime-int8")
+            return
+        assert seg.backend == "onnxruntime-int8" and seg.notes == []
+        chosen = seg.info()["int8"]
+        assert chosen["artifact"] == key and chosen["file"] == INT8_FILES[key] and chosen["gated"] is True
+        assert chosen["cpu"]["vnni"] is vnni and chosen["reason"]
+        assert chosen["exact_kernels"] is (key == "onnx_int8_vnni" and not cpu.hardware().vnni)
+        q8 = np.stack([r.mask for r in seg.segment(list(scenes[0]))])
+        assert agreement(q8, fp32) >= 0.98
+
+    def test_safetensors_rebuild_the_torch_stream(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        from safetensors.torch import load_file
+
+        weights = load_file(str(bundle / "model.safetensors"))
+        assert weights and all(k.startswith(("backbone.", "decoder.")) for k in weights)
+        assert any(k.startswith("decoder.") for k in weights)
+        rebuilt = SegmentationStream.from_config(config["model_config"]).eval()
+        rebuilt.load_state_dict(weights, strict=True)
+        batch = torch.from_numpy(normalised(scenes[0][:2], config))
+        with torch.inference_mode():
+            torch.testing.assert_close(rebuilt(batch), torch_stream(checkpoint)(batch))
+
+    def test_lone_onnx_file_loads_from_its_metadata(self, bundle: Path, scenes: tuple[np.ndarray, np.ndarray]) -> None:
+        lone = cosa_sdk.load(bundle / "model.onnx")
+        full = cosa_sdk.load(bundle, backend="onnxruntime")
+        assert lone.classes == full.classes
+        np.testing.assert_array_equal(lone.segment(scenes[0][0]).mask, full.segment(scenes[0][0]).mask)
+
+
+class TestViTBundle(BaseBundleTester):
+    backbone = "vit_tiny_patch16_224"
+    input_size = 64
+
+    def test_layernorm_stays_one_node(self, bundle: Path) -> None:
+        model = onnx.load(str(bundle / "model.onnx"))
+        ops = [n.op_type for n in model.graph.node]
+        assert ops.count("LayerNormalization") == 2 * 12 + 1  # two per block + the final norm
+        assert "ReduceMean" not in ops
+
+    def test_int8_keeps_layernorm_and_softmax_in_fp32(self, bundle: Path, config: dict) -> None:
+        model = onnx.load(str(bundle / config["artifacts"][int8_key(config)]))
+        dequantized = {out for n in model.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+        sensitive = [n for n in model.graph.node if n.op_type in ("LayerNormalization", "Softmax")]
+        assert len(sensitive) == 25 + 12
+        assert not any(name in dequantized for n in sensitive for name in n.input)
+        quantized_matmuls = [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in dequantized]
+        assert len(quantized_matmuls) == 4 * 11  # qkv, proj, fc1, fc2 of every block but the first (kept fp32)
+        constants = {t.name for t in model.graph.initializer} | dequantized
+        for node in model.graph.node:  # attention's activation x activation MatMuls run fp32
+            if node.op_type == "MatMul" and not any(name in constants for name in node.input):
+                assert not any(name in dequantized for name in node.input)
+
+
+class TestCNNBundle(BaseBundleTester):
+    backbone = "tf_efficientnet_lite0"
+    input_size = 96
