@@ -1,6 +1,7 @@
-"""What each of the paper's techniques adds, measured on the embedded synthetic benchmark.
+"""What each of the paper's techniques adds, measured on the embedded synthetic benchmarks.
 
-Trains the `tiny` preset once per row and seed and prints one table (also JSON and a PNG bar chart):
+Trains the `tiny` preset once per benchmark, row and seed and prints one table per benchmark (also JSON
+and a PNG bar chart):
 
   cam-baseline    classification only, CAMs thresholded (label-free: the classifier's own labels filter)
   released        the released code path: fixed thresholds, L_c2s + L_s2c (+ L_reg where the preset has it)
@@ -13,7 +14,13 @@ Trains the `tiny` preset once per row and seed and prints one table (also JSON a
   full            the same network and schedule trained on ground-truth masks (upper bound)
 
 Columns: label-free seg mIoU, CAM mIoU, mIoU over the co-occurring class pair, training minutes.
-Usage: python benchmarks/ablation.py [--seeds 0 1 2] [--rows released all-three] [--iters N] [--quick]
+
+Benchmarks: the versions of the synthetic benchmark (`synthetic:version=N`, see
+training/data/readers/synthetic_profiles.py), all of them by default. With more than one, a summary per
+row follows the tables: the mean over the benchmarks and the WORST benchmark of seg mIoU, CAM mIoU and
+the paired difference to `released`. A preset is judged by its worst benchmark, not its best.
+Usage: python benchmarks/ablation.py [--benchmarks 1,2,3,4] [--seeds 0 1 2] [--rows released all-three]
+       [--iters N] [--quick]
 """
 
 from __future__ import annotations
@@ -31,14 +38,28 @@ import numpy as np
 import torch
 
 from cosa_sdk.training.config import TrainConfig, preset
-from cosa_sdk.training.data import ensure_synthetic, parse_data_spec
+from cosa_sdk.training.data import parse_data_spec
+from cosa_sdk.training.data.readers.synthetic_profiles import PROFILES
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint, save_checkpoint
 from cosa_sdk.training.engine.trainer import Trainer
 from cosa_sdk.training.evaluation.evaluate import cam_to_label, predict_maps
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
 from cosa_sdk.training.run_record import RunRecord
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # ablation_benchmarks, also when not run as a script
+from ablation_benchmarks import (
+    benchmark_info,
+    benchmark_specs,
+    by_benchmark,
+    format_summary,
+    judged_best,
+    parse_benchmarks,
+    previous_results,
+    summarise_over,
+)
+
 RESULTS = Path(__file__).resolve().parent / "results"
+VERSION_LABELS = {f"v{version}" for version in PROFILES}
 
 ROWS: dict[str, dict] = {
     "cam-baseline": {"loss_warmup_iters": 10**9},
@@ -101,15 +122,16 @@ def shared_warmup(
         warm_config = dataclasses.replace(config, **techniques, loss_warmup_iters=warmup_iters)
         run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}"
         done = run / "warmup.json"
-        if done.exists() and json.loads(done.read_text())["config"] == warm_config.to_dict():
-            cache[key] = (run / "last.pt", json.loads(done.read_text())["minutes"])
+        saved = json.loads(done.read_text()) if done.exists() else {}
+        if saved.get("config") == warm_config.to_dict() and saved.get("data") == data_spec:
+            cache[key] = (run / "last.pt", saved["minutes"])
             return cache[key]
         started = time.perf_counter()
         Trainer(warm_config, run_dir=run, data_spec=data_spec, preset_name="tiny", force=True).fit(
             stop_after=warm_config.loss_warmup_iters
         )
         minutes = (time.perf_counter() - started) / 60
-        done.write_text(json.dumps({"config": warm_config.to_dict(), "minutes": minutes}))
+        done.write_text(json.dumps({"config": warm_config.to_dict(), "data": data_spec, "minutes": minutes}))
         cache[key] = (run / "last.pt", minutes)
     return cache[key]
 
@@ -232,22 +254,30 @@ def format_paired(diffs: list[dict], reference: str = "released") -> str:
     return "\n".join(lines)
 
 
-def bar_chart(rows: list[dict], path: Path) -> None:
+def bar_chart(rows: list[dict], path: Path, summary: list[dict] | None = None) -> None:
+    """One benchmark: seg and CAM mIoU per row; several: seg mIoU per row and benchmark."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 3.5), dpi=100)
-    names = [r["row"] for r in rows]
-    xs = np.arange(len(rows))
-    for offset, key, label in ((-0.2, "seg_miou", "seg mIoU (label-free)"), (0.2, "cam_miou", "CAM mIoU")):
-        values = [r[key] or 0.0 for r in rows]
-        errors = [r[f"{key}_std"] for r in rows]
-        ax.bar(xs + offset, values, width=0.4, yerr=errors, label=label, capsize=3)
+    names = [r["row"] for r in summary or rows]
+    xs = np.arange(len(names))
+    if summary:
+        labels = sorted({b for e in summary for b in e["seg_miou"]["per_benchmark"]})
+        width = 0.8 / max(1, len(labels))
+        for i, label in enumerate(labels):
+            values = [e["seg_miou"]["per_benchmark"].get(label, 0.0) for e in summary]
+            ax.bar(xs - 0.4 + width * (i + 0.5), values, width=width, label=f"seg mIoU {label}")
+    else:
+        for offset, key, label in ((-0.2, "seg_miou", "seg mIoU (label-free)"), (0.2, "cam_miou", "CAM mIoU")):
+            values = [r[key] or 0.0 for r in rows]
+            errors = [r[f"{key}_std"] for r in rows]
+            ax.bar(xs + offset, values, width=0.4, yerr=errors, label=label, capsize=3)
     ax.set_xticks(xs, names, rotation=20)
     ax.set_ylabel("mIoU (%)")
-    ax.legend()
+    ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
@@ -257,11 +287,23 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", nargs="+", default=list(ROWS), choices=list(ROWS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[0])
+    parser.add_argument(
+        "--benchmarks",
+        type=parse_benchmarks,
+        default=None,
+        help=f"synthetic benchmark versions, comma-separated (default: all, {','.join(map(str, PROFILES))})",
+    )
     parser.add_argument("--iters", type=int, default=None, help="iterations per run (default: the tiny preset's)")
     parser.add_argument("--data", default="synthetic")
-    parser.add_argument("--quick", action="store_true", help="a smoke pass: tiny data and a few iterations")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="a smoke pass: tiny data (96-px images on every benchmark) and a few iterations",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS / "ablation.json")
-    parser.add_argument("--append", action="store_true", help="add to the runs in --out (same row+seed replaced)")
+    parser.add_argument(
+        "--append", action="store_true", help="add to the runs in --out (same benchmark+row+seed replaced)"
+    )
     parser.add_argument("--workdir", type=Path, default=None, help="keep the runs here (default: a temp folder)")
     parser.add_argument(
         "--no-shared-warmup",
@@ -279,7 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     base = preset("tiny")
     data_spec = args.data
     if args.quick:
-        data_spec = "synthetic:n_train=16,n_val=8,size=96,seed=0"
+        given = parse_data_spec(args.data).params if args.data.startswith("synthetic") else {}
+        version = f",version={given['version']}" if "version" in given else ""
+        data_spec = f"synthetic:n_train=16,n_val=8,size=96,seed=0{version}"
         base = dataclasses.replace(
             base, iters=6, loss_warmup_iters=2, lr_warmup_iters=2, batch_size=4, crop_size=84, num_workers=0
         )
@@ -291,46 +335,83 @@ def main(argv: list[str] | None = None) -> int:
         from cosa_sdk.training.config import apply_overrides
 
         base = apply_overrides(base, args.overrides)
-    spec = parse_data_spec(data_spec)
-    meta = json.loads((ensure_synthetic(spec.params) / "meta.json").read_text()) if spec.kind == "synthetic" else {}
-    pair = meta.get("cooccurring_pair", [])
-    records, warmups = [], ({} if args.shared_warmup else None)
-    if args.append and args.out.exists():
-        records = json.loads(args.out.read_text())["runs"]
+    specs = benchmark_specs(data_spec, args.benchmarks)
+    to_run = {label: benchmark_info(spec) for label, spec in specs.items()}
+    records, benchmarks = [], dict(to_run)
+    if args.append and args.out.exists():  # the earlier benchmarks stay in the tables and the summary
+        records, earlier = previous_results(json.loads(args.out.read_text()))
+        benchmarks = dict(sorted({**earlier, **to_run}.items()))
     with tempfile.TemporaryDirectory(prefix="cosa-ablation-") as scratch:
-        workdir = args.workdir or Path(scratch)
-        workdir.mkdir(parents=True, exist_ok=True)
-        for seed in args.seeds:
-            for row in args.rows:
-                print(f"== {row} seed {seed}", file=sys.stderr, flush=True)
-                record = run_row(row, seed, base, data_spec, workdir, pair, warmups)
-                if args.shared_machine:
-                    record["shared_machine"] = True
-                records = [r for r in records if (r["row"], r["seed"]) != (row, seed)] + [record]
-                print(json.dumps(record), file=sys.stderr, flush=True)
-                write_results(args.out, base, data_spec, pair, records)
-    print(format_table(summarise(records)))
-    print(format_markdown(summarise(records)))
-    print(format_paired(paired_differences(records)))
+        root = args.workdir or Path(scratch)
+        for label, info in to_run.items():
+            workdir = root / label if label in VERSION_LABELS else root  # the runs and warm-ups of a version
+            workdir.mkdir(parents=True, exist_ok=True)
+            warmups = {} if args.shared_warmup else None
+            for seed in args.seeds:
+                for row in args.rows:
+                    print(f"== {label} {row} seed {seed}", file=sys.stderr, flush=True)
+                    record = run_row(row, seed, base, info["data"], workdir, info["cooccurring_pair"], warmups)
+                    record.update(benchmark=label, data=info["data"])
+                    if args.shared_machine:
+                        record["shared_machine"] = True
+                    key = (label, row, seed)
+                    records = [r for r in records if (r["benchmark"], r["row"], r["seed"]) != key] + [record]
+                    print(json.dumps(record), file=sys.stderr, flush=True)
+                    write_results(args.out, base, data_spec, benchmarks, records)
+    print(format_report(benchmarks, records))
     print(f"wrote {args.out} and {args.out.with_suffix('.png')}")
     return 0
 
 
-def write_results(out: Path, base: TrainConfig, data_spec: str, pair: list[str], records: list[dict]) -> None:
-    """JSON (every run and the per-row summary) and the bar chart; rewritten after every run."""
-    rows = summarise(records)
+def summarise_benchmarks(records: list[dict], benchmarks: dict[str, dict]) -> list[dict]:
+    """Per row: each benchmark's value, the mean over the benchmarks and the worst (ablation_benchmarks)."""
+    return summarise_over(records, list(benchmarks), list(ROWS), summarise, paired_differences)
+
+
+def format_report(benchmarks: dict[str, dict], records: list[dict]) -> str:
+    """Per benchmark: its table, the markdown table and the paired differences; with several benchmarks,
+    then the summary over them (mean and worst)."""
+    parts = []
+    for label, runs in by_benchmark(records, list(benchmarks)).items():
+        if runs:
+            rows, info = summarise(runs), benchmarks[label]
+            title = f": {info['title']}" if info.get("title") else ""
+            parts += [f"== benchmark {label} ({info['data']}){title}", format_table(rows), format_markdown(rows)]
+            parts.append(format_paired(paired_differences(runs)))
+    if len(benchmarks) > 1:
+        summary = summarise_benchmarks(records, benchmarks)
+        parts += [f"== every benchmark ({', '.join(benchmarks)}): mean and WORST", format_summary(summary)]
+        parts.append(format_summary(summary, markdown=True))
+    return "\n".join(parts)
+
+
+def write_results(
+    out: Path, base: TrainConfig, data_spec: str, benchmarks: dict[str, dict], records: list[dict]
+) -> None:
+    """JSON and the bar chart, rewritten after every run: every run; per benchmark its spec, title, pair,
+    per-row summary and paired differences; the summary over the benchmarks and the row it judges best. With
+    one benchmark, its rows, paired differences and pair are also at the top level, as before benchmarks."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    per_bench = {
+        label: {**benchmarks[label], "rows": summarise(runs), "paired_vs_released": paired_differences(runs)}
+        for label, runs in by_benchmark(records, list(benchmarks)).items()
+    }
+    summary = summarise_benchmarks(records, benchmarks)
     payload = {
         "machine": _machine(),
         "config": base.to_dict(),
         "data": data_spec,
-        "cooccurring_pair": pair,
         "runs": records,
-        "rows": rows,
-        "paired_vs_released": paired_differences(records),
+        "benchmarks": per_bench,
+        "summary": summary,
+        "judged_best": judged_best(summary),
     }
+    single = next(iter(per_bench.values())) if len(per_bench) == 1 else None
+    if single is not None:
+        payload.update(cooccurring_pair=single["cooccurring_pair"], rows=single["rows"])
+        payload["paired_vs_released"] = single["paired_vs_released"]
     out.write_text(json.dumps(payload, indent=2))
-    bar_chart(rows, out.with_suffix(".png"))
+    bar_chart(single["rows"] if single else [], out.with_suffix(".png"), None if single else summary)
 
 
 def _machine() -> dict:

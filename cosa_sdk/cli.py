@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 from cosa_sdk import __version__
 from cosa_sdk.backends import REGISTRY as BACKEND_REGISTRY
-from cosa_sdk.constants import DEFAULT_MAX_LATENCY_MS
+from cosa_sdk.constants import DEFAULT_MAX_LATENCY_MS, DEMO_BUDGET_MIN
 from cosa_sdk.errors import CosaError
 
 HANDLERS = {
@@ -316,7 +316,15 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--out", default="demo_out", help="folder for the run, bundle and report (default: %(default)s)")
     p.add_argument("--force", action="store_true", help="start over instead of reusing demo_out")
-    p.add_argument("--iters", type=int, default=None, help="training iterations (default: the tiny preset's)")
+    p.add_argument(
+        "--budget",
+        type=float,
+        default=DEMO_BUDGET_MIN,
+        metavar="MINUTES",
+        help="time the demo may take on this machine: a few timed steps size the training schedule to fit "
+        "(default: %(default)s; 0 trains the tiny preset's full schedule however long it takes)",
+    )
+    p.add_argument("--iters", type=int, default=None, help="training iterations (default: sized by --budget)")
     p.add_argument(
         "--data",
         metavar="SPEC",

@@ -29,3 +29,6 @@ NETWORK_NAMES = {"online": "online", "student": "online", "assignment": "assignm
 
 # `cosa serve --max-latency-ms` and COSA_MAX_LATENCY_MS: a burst of 50 uploads fits on 2 CPU cores.
 DEFAULT_MAX_LATENCY_MS = 20_000
+
+# `cosa demo --budget`: minutes the whole demo may take; its training schedule is sized to fit.
+DEMO_BUDGET_MIN = 10.0

@@ -130,6 +130,7 @@ class Segmenter:
             "name": self.bundle.name,
             "classes": self.classes,
             "input_size": list(self.input_size),
+            "trained_at": self.bundle.config.get("trained_at"),  # the run's crop and evaluation side
             "backend": self.backend,
             "device": self.device,
             "dynamic": self.dynamic,

@@ -61,6 +61,7 @@ def bundle_config(
         "name": source.checkpoint.parent.name or source.checkpoint.stem,
         "classes": list(source.classes),
         "input_size": list(source.input_size),
+        "trained_at": dict(source.trained_at),
         "mean": list(source.mean),
         "std": list(source.std),
         "palette": [list(c) for c in source.palette],

@@ -34,6 +34,7 @@ class ExportSource:
     data_spec: str | None
     weights_source: str | None
     tta_scales: list[float] | None
+    trained_at: dict[str, int | None]  # the run's training crop and evaluation side (RunRecord)
     record_metrics: dict[str, Any]
 
 
@@ -103,5 +104,6 @@ def load_source(
         data_spec=run.data_spec,
         weights_source=record.get("backbone_weights"),
         tta_scales=list(run.tta_scales) if run.tta_scales else None,
+        trained_at={"crop_size": run.crop_size, "eval_size": run.eval_size},
         record_metrics=dict(record.get("metrics") or {}),
     )

@@ -12,7 +12,13 @@ from cosa_sdk.errors import CosaConfigError
 
 # Keys added after runs were already being saved, with the value that reproduces what the code did before
 # they existed: a config read back from an older run means what it meant when it was written.
-ADDED_KEYS = {"crf_filter": "grid", "warmup_zero_terms": False, "best_metric": "seg_miou", "eval_tta": False}
+ADDED_KEYS = {
+    "crf_filter": "grid",
+    "warmup_zero_terms": False,
+    "best_metric": "seg_miou",
+    "eval_tta": False,
+    "resolution": "preset",
+}
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
 RUNTIME_KEYS = frozenset(
@@ -32,7 +38,9 @@ class TrainConfig:
     aux_layer: int | None = -3
     decoder_channels: int = 512
     dilation: int = 5
-    # data
+    # data; resolution "auto" replaces crop_size and eval_size by a side chosen from the data's image and
+    # object sizes before training (training/data/resolution.py); "preset" keeps them
+    resolution: str = "preset"
     crop_size: int = 448
     rescale_range: tuple[float, float] = (0.5, 2.0)
     mean: tuple[float, float, float] = IMAGENET_MEAN

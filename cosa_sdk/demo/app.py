@@ -7,10 +7,12 @@ Every stage reuses what a previous run left (a finished run, its scores, its bun
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,10 +20,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from cosa_sdk.constants import DEMO_BUDGET_MIN
+from cosa_sdk.demo.budget import fit_schedule, measure_step_times, saved_schedule
 from cosa_sdk.demo.report import write_report
 from cosa_sdk.errors import CosaConfigError, CosaDataError
 from cosa_sdk.report_html import legend
 from cosa_sdk.training.config import TrainConfig, apply_overrides, preset
+from cosa_sdk.training.data import build_dataset
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
 from cosa_sdk.training.evaluation.evaluate import evaluate, format_scores, predict_maps
 from cosa_sdk.training.evaluation.visualize import blend, colorize, grid, heatmap
@@ -35,6 +40,13 @@ LATENCY_BACKENDS = ("onnxruntime", "onnxruntime-int8", "torch")
 
 def _say(message: str) -> None:
     print(f"[cosa demo] {message}", flush=True)
+
+
+@contextlib.contextmanager
+def _timed(stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    _say(f"{stage}: {time.perf_counter() - started:.0f} s")
 
 
 def _fresh(target: Path, source: Path) -> bool:
@@ -62,6 +74,28 @@ def train_stage(run: Path, config: TrainConfig, data: str) -> None:
         return
     _say(f"training the tiny preset for {config.iters} iterations on {data} -> {run}")
     Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", force=True).fit()
+
+
+def schedule_stage(
+    config: TrainConfig, args: argparse.Namespace, run: Path, out: Path, data: str
+) -> tuple[TrainConfig, str]:
+    """The training schedule: --iters if given, a started run's own, or the preset's fitted to --budget."""
+    if getattr(args, "iters", None):
+        return dataclasses.replace(config, iters=args.iters), f"{args.iters} iterations (--iters)"
+    budget = getattr(args, "budget", None)
+    budget = DEMO_BUDGET_MIN if budget is None else float(budget)
+    if budget <= 0:
+        return config, f"the preset's full schedule, {config.iters} iterations (--budget 0)"
+    resumed = saved_schedule(config, run)
+    if resumed is not None:
+        _say(f"continuing the run's own schedule ({resumed.iters} iterations)")
+        return resumed, f"{resumed.iters} iterations (sized when the run started)"
+    _say("timing a few training steps to fit the schedule into the time budget")
+    times = measure_step_times(config, data, workdir=out)
+    val_images = len(build_dataset(data, "val", mode="eval", mean=config.mean, std=config.std))
+    sized = fit_schedule(config, times, budget_min=budget, val_images=val_images)
+    _say(sized.message)
+    return sized.config, sized.message
 
 
 def eval_stage(run: Path, out: Path, data: str) -> dict[str, Any]:
@@ -201,17 +235,21 @@ def demo_command(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     run, bundle = out / "run", out / "bundle"
     data = getattr(args, "data", None) or DEFAULT_DATA
-    config = apply_overrides(preset("tiny"), list(getattr(args, "overrides", None) or []))
-    if getattr(args, "iters", None):
-        config = dataclasses.replace(config, iters=args.iters)
     started = time.perf_counter()
-    train_stage(run, config, data)
-    scores = eval_stage(run, out, data)
-    export_stage(run, bundle, data)
+    config = apply_overrides(preset("tiny"), list(getattr(args, "overrides", None) or []))
+    with _timed("schedule"):
+        config, schedule_note = schedule_stage(config, args, run, out, data)
+    with _timed("training"):
+        train_stage(run, config, data)
+    with _timed("evaluation"):
+        scores = eval_stage(run, out, data)
+    with _timed("export"):
+        export_stage(run, bundle, data)
     record = load_checkpoint(run / "best.pt")
     dataset = RunRecord.from_checkpoint(record).eval_dataset(data_spec=data)
-    results = segment_stage(bundle, dataset, out)
-    latency = latency_stage(bundle, dataset[0]["raw"].numpy())
+    with _timed("segmentation and latency"):
+        results = segment_stage(bundle, dataset, out)
+        latency = latency_stage(bundle, dataset[0]["raw"].numpy())
     (out / "latency.json").write_text(json.dumps(latency, indent=2))
     commands = [
         f"cosa segment path/to/images --model {bundle} --out masks --overlay",
@@ -225,6 +263,7 @@ def demo_command(args: argparse.Namespace) -> int:
             f"{record['model_config']['backbone']} ({record.get('backbone_weights')}), "
             f"{record['iteration']} iterations, network: {record.get('selected')}",
         ],
+        ["training schedule", schedule_note],
         ["seg mIoU (label-free)", scores["seg_miou"]],
         ["seg mIoU (GT-filtered)", scores["seg_miou_gt_filtered"]],
         ["CAM mIoU", scores["cam_miou"]],
@@ -251,7 +290,8 @@ def demo_command(args: argparse.Namespace) -> int:
         latency_rows=latency,
         commands=commands,
     )
-    screenshot = screenshot_stage(report, getattr(args, "screenshot", None))
+    with _timed("report picture"):
+        screenshot = screenshot_stage(report, getattr(args, "screenshot", None))
     _say(f"finished in {(time.perf_counter() - started) / 60:.1f} min")
     if screenshot is not None:
         print(f"picture: {screenshot}")

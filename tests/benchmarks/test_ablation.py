@@ -1,7 +1,9 @@
-"""benchmarks/ablation.py: rows branched from a shared warm-up are the runs they stand for."""
+"""benchmarks/ablation.py: rows branched from a shared warm-up are the runs they stand for; every row runs on
+every benchmark and the summary judges a row by its worst benchmark."""
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import sys
@@ -14,7 +16,8 @@ torch = pytest.importorskip("torch")
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the repository's benchmarks/
 
 import ablation  # noqa: E402
-from tiny_training import DATA, tiny_config  # noqa: E402
+import ablation_benchmarks  # noqa: E402
+from tiny_training import DATA, TINY_OVERRIDES, tiny_config  # noqa: E402
 
 from cosa_sdk.training.engine.trainer import Trainer  # noqa: E402
 
@@ -50,15 +53,110 @@ def test_a_branch_runs_under_the_rows_thresholds_not_the_warm_ups(tmp_path) -> N
     assert (row.losses.thresholds.high, row.losses.thresholds.low) == (0.65, 0.35)
 
 
+def _run(row: str, seed: int, seg: float, benchmark: str = "v2", minutes: float = 1.0) -> dict:
+    return {"row": row, "seed": seed, "seg_miou": seg, "cam_miou": seg - 1, "pair_miou": None, "minutes": minutes} | {
+        "benchmark": benchmark
+    }
+
+
+def _benchmarks(*labels: str) -> dict[str, dict]:
+    return {label: {"data": f"synthetic:version={label[1:]}", "title": "", "cooccurring_pair": []} for label in labels}
+
+
 def test_results_are_written_after_every_run_and_appended(tmp_path) -> None:
     record = {"row": "released", "seed": 0, "seg_miou": 30.0, "cam_miou": 25.0, "pair_miou": None, "minutes": 2.0}
+    record["benchmark"] = "v2"
     out = tmp_path / "ablation.json"
     base = tiny_config()
-    ablation.write_results(out, base, DATA, [], [record, {**record, "seed": 1, "seg_miou": 34.0}])
-    rows = json.loads(out.read_text())["rows"]
+    ablation.write_results(out, base, DATA, _benchmarks("v2"), [record, {**record, "seed": 1, "seg_miou": 34.0}])
+    payload = json.loads(out.read_text())
+    rows = payload["rows"]  # one benchmark: its rows at the top level, as before benchmarks existed
     assert rows[0]["row"] == "released" and rows[0]["seg_miou"] == 32.0 and rows[0]["seeds"] == [0, 1]
     assert rows[0]["pair_miou"] is None and out.with_suffix(".png").is_file()
+    assert payload["benchmarks"]["v2"]["rows"] == rows and payload["summary"][0]["seg_miou"]["worst"] == 32.0
     assert "32.0 ± 2.8" in ablation.format_table(rows)
+
+
+def test_runs_from_before_benchmarks_belong_to_their_files_data() -> None:
+    old = {"data": "synthetic", "cooccurring_pair": ["crescent", "star"], "runs": [{"row": "released", "seed": 0}]}
+    runs, infos = ablation_benchmarks.previous_results(old)
+    assert runs[0]["benchmark"] == "v2" and infos == {
+        "v2": {"data": "synthetic", "title": "", "cooccurring_pair": ["crescent", "star"]}
+    }
+    old["data"] = "synthetic:n_train=16,version=3"
+    assert ablation_benchmarks.previous_results(old)[0][0]["benchmark"] == "v3"
+
+
+def test_every_row_runs_on_every_benchmark_unless_told() -> None:
+    specs = ablation_benchmarks.benchmark_specs
+    assert list(specs("synthetic", None)) == ["v1", "v2", "v3", "v4"]
+    assert specs("synthetic:n_train=16,size=96", [3, 1]) == {
+        "v3": "synthetic:n_train=16,size=96,version=3",
+        "v1": "synthetic:n_train=16,size=96,version=1",
+    }
+    assert specs("synthetic:version=4", None) == {"v4": "synthetic:version=4"}
+    with pytest.raises(SystemExit, match="not in both"):
+        specs("synthetic:version=4", [2])
+    with pytest.raises(SystemExit, match="versions of the synthetic benchmark"):
+        specs("custom:/data/pets", [2])
+    assert ablation_benchmarks.parse_benchmarks("1,2,3,4") == [1, 2, 3, 4]
+    for bad in ("1,9", "2,2", "x", ""):
+        with pytest.raises(argparse.ArgumentTypeError, match="--benchmarks"):
+            ablation_benchmarks.parse_benchmarks(bad)
+
+
+def test_a_row_is_judged_by_its_worst_benchmark() -> None:
+    records = [
+        _run("released", 0, 50.0, "v2"),
+        _run("released", 0, 30.0, "v3"),
+        _run("ppl+csc", 0, 60.0, "v2"),  # better on average, but worse where it matters
+        _run("ppl+csc", 0, 24.0, "v3"),
+        _run("full", 0, 90.0, "v2"),
+        _run("full", 0, 80.0, "v3"),
+        _run("+dynamic", 0, 70.0, "v2"),  # best of all, but never measured on v3
+    ]
+    summary = ablation.summarise_benchmarks(records, _benchmarks("v2", "v3"))
+    by_row = {e["row"]: e for e in summary}
+    assert [e["row"] for e in summary] == ["released", "+dynamic", "ppl+csc", "full"]
+    ppl = by_row["ppl+csc"]
+    assert ppl["seg_miou"] == {
+        "per_benchmark": {"v2": 60.0, "v3": 24.0},
+        "mean": 42.0,
+        "worst": 24.0,
+        "worst_benchmark": "v3",
+    }
+    assert ppl["vs_released"]["per_benchmark"] == {"v2": 10.0, "v3": -6.0} and ppl["vs_released"]["worst"] == -6.0
+    assert ppl["minutes"]["total"] == 2.0 and ppl["complete"] and not by_row["+dynamic"]["complete"]
+    assert ablation_benchmarks.judged_best(summary) == "released"  # not full (masks), not +dynamic (one benchmark)
+    table = ablation_benchmarks.format_summary(summary)
+    assert "released *" in table and "24.0 (v3)" in table and "-6.0 (v3)" in table and "1 (!)" in table
+    assert "| ppl+csc | 2 | 42.0 | 24.0 (v3) |" in ablation_benchmarks.format_summary(summary, markdown=True)
+
+
+def test_a_quick_pass_runs_every_row_on_every_benchmark(tmp_path, capsys) -> None:
+    out = tmp_path / "ablation.json"
+    argv = ["--quick", "--benchmarks", "2,3", "--rows", "released", "--no-shared-warmup", "--out", str(out)]
+    argv += ["--workdir", str(tmp_path)]
+    assert ablation.main([*argv, *TINY_OVERRIDES, "iters=3", "eval_every=3"]) == 0
+    payload = json.loads(out.read_text())
+    assert [(r["benchmark"], r["row"]) for r in payload["runs"]] == [("v2", "released"), ("v3", "released")]
+    assert payload["runs"][1]["data"] == "synthetic:n_train=16,n_val=8,seed=0,size=96,version=3"
+    assert payload["benchmarks"]["v3"]["cooccurring_pair"] == ["heart", "arrow"]
+    (released,) = payload["summary"]
+    assert set(released["seg_miou"]["per_benchmark"]) == {"v2", "v3"} and released["complete"]
+    assert payload["judged_best"] == "released" and "rows" not in payload
+    printed = capsys.readouterr().out
+    assert "== benchmark v2 (" in printed and "== benchmark v3 (" in printed and "mean and WORST" in printed
+    assert (tmp_path / "v2" / "released-seed0").is_dir() and (tmp_path / "v3" / "released-seed0").is_dir()
+    # --append: a later pass on another benchmark joins the tables and the summary
+    assert ablation.main([*argv[:2], "1", *argv[3:], "--append", *TINY_OVERRIDES, "iters=3", "eval_every=3"]) == 0
+    payload = json.loads(out.read_text())
+    assert [r["benchmark"] for r in payload["runs"]] == ["v2", "v3", "v1"] and list(payload["benchmarks"]) == [
+        "v1",
+        "v2",
+        "v3",
+    ]
+    assert payload["summary"][0]["benchmarks"] == ["v1", "v2", "v3"]
 
 
 def test_a_run_that_shared_the_machine_keeps_its_scores_but_not_its_time() -> None:

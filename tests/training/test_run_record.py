@@ -61,6 +61,7 @@ def test_training_writes_the_record_of_its_run(trained_run: Path) -> None:
 
 def test_eval_demo_and_export_use_the_recorded_size(trained_run: Path, monkeypatch) -> None:
     from cosa_sdk.demo import app
+    from cosa_sdk.export.bundle import bundle_config
     from cosa_sdk.export.source import load_source
     from cosa_sdk.training import cli
     from cosa_sdk.training.evaluation import evaluate as evaluate_module
@@ -83,7 +84,10 @@ def test_eval_demo_and_export_use_the_recorded_size(trained_run: Path, monkeypat
     (trained_run.parent / "demo").mkdir(exist_ok=True)
     app.eval_stage(trained_run, trained_run.parent / "demo", DATA)
     assert seen["sizes"] == [(80, (80, 80)), (80, (80, 80))]
-    assert load_source(trained_run / "best.pt").input_size == (80, 80)
+    source = load_source(trained_run / "best.pt")
+    assert source.input_size == (80, 80)
+    cosa_json = bundle_config(source, artifacts={}, onnx={}, metrics={})
+    assert cosa_json["input_size"] == [80, 80] and cosa_json["trained_at"] == {"crop_size": 64, "eval_size": 80}
 
 
 def test_checkpoints_from_before_the_record_read_as_they_did(tmp_path: Path) -> None:

@@ -21,6 +21,7 @@ from cosa_sdk import __version__
 from cosa_sdk.errors import CosaConfigError, CosaDataError, CosaModelError
 from cosa_sdk.training.config import BEST_METRICS, TrainConfig
 from cosa_sdk.training.data import build_dataset, seed_worker
+from cosa_sdk.training.data.resolution import resolve_resolution
 from cosa_sdk.training.data.sampling import label_set_weights
 from cosa_sdk.training.engine.checkpoint import save_checkpoint
 from cosa_sdk.training.engine.distributed import DistContext, barrier, broadcast_object, cleanup, setup_distributed
@@ -48,6 +49,7 @@ class Trainer:
         resume: bool = False,
         force: bool = False,
     ) -> None:
+        config, self.resolution_note = resolve_resolution(config, data_spec)
         self.config, self.data_spec, self.supervision = config, data_spec, supervision
         self.preset_name = preset_name
         self.run_dir = Path(run_dir)
@@ -186,7 +188,8 @@ class Trainer:
             save_checkpoint(self.run_dir / "last.pt", self._record(with_state=True))
 
     # -------------------------------------------------------------------------------------- evaluation
-    def _evaluate(self) -> dict[str, Any] | None:
+    def score_networks(self) -> dict[str, Any] | None:
+        """Both networks scored on the validation set as the run is scored (None without one), and which is best."""
         if self.val_set is None:
             return None
         cfg = self.config
@@ -214,7 +217,7 @@ class Trainer:
         cfg = self.config
         if not (done % cfg.eval_every == 0 or done == cfg.iters):
             return None
-        result = self._evaluate() if self.ctx.is_main else None
+        result = self.score_networks() if self.ctx.is_main else None
         result = broadcast_object(self.ctx, result)
         if result is None:
             return None

@@ -71,16 +71,7 @@ def backbone_family(name: str, **timm_kwargs: Any) -> str:
     """
     from timm.models.vision_transformer import VisionTransformer
 
-    try:
-        with torch.device("meta"):
-            model = timm.create_model(name, pretrained=False, **timm_kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise CosaConfigError(
-                f"unknown timm backbone {name!r}: pick a name from timm.list_models(), e.g. "
-                "'vit_base_patch16_224' or 'tf_efficientnet_lite0'"
-            ) from err
-        raise
+    model = _meta_model(name, **timm_kwargs)
     if isinstance(model, VisionTransformer):
         return "vit"
     if hasattr(model, "patch_embed"):
@@ -90,6 +81,28 @@ def backbone_family(name: str, **timm_kwargs: Any) -> str:
             "or a CNN (e.g. resnet50, tf_efficientnet_lite0)"
         )
     return "cnn"
+
+
+def backbone_stride(name: str, **timm_kwargs: Any) -> int:
+    """The stride of the feature grid CoSA reads from `name`: the ViT's patch, else the CNN's (at most 16)."""
+    if backbone_family(name, **timm_kwargs) == "vit":
+        return int(_meta_model(name, **timm_kwargs).patch_embed.patch_size[0])
+    info = getattr(_meta_model(name, **timm_kwargs), "feature_info", None) or [{"reduction": 16}]
+    return int(min(16, info[-1]["reduction"]))
+
+
+def _meta_model(name: str, **timm_kwargs: Any) -> nn.Module:
+    """`name` built on the meta device: its class and shapes without memory or weights."""
+    try:
+        with torch.device("meta"):
+            return timm.create_model(name, pretrained=False, **timm_kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise CosaConfigError(
+                f"unknown timm backbone {name!r}: pick a name from timm.list_models(), e.g. "
+                "'vit_base_patch16_224' or 'tf_efficientnet_lite0'"
+            ) from err
+        raise
 
 
 def is_vit(name: str, **timm_kwargs: Any) -> bool:

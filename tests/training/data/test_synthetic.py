@@ -16,6 +16,7 @@ from scipy import ndimage
 from cosa_sdk.errors import CosaConfigError
 from cosa_sdk.training.data import build_dataset, ensure_synthetic, generate_synthetic, read_index
 from cosa_sdk.training.data.readers.synthetic import COMPLETE_MARKER, synthetic_name
+from cosa_sdk.training.data.readers.synthetic_profiles import PROFILES
 from cosa_sdk.training.data.readers.synthetic_render import (
     CLASS_NAMES,
     CONTEXT_CLASS,
@@ -45,8 +46,10 @@ def test_generation_is_deterministic_for_a_seed(generated: Path, tmp_path: Path)
     assert _files(generated, "masks/*.png") != _files(other, "masks/*.png")
 
 
-def test_process_pool_gives_the_same_files(tmp_path: Path) -> None:
-    params = {"n_train": 64, "n_val": 1, "size": 48, "seed": 2}
+@pytest.mark.parametrize("version", [2, 4])
+def test_process_pool_gives_the_same_files(tmp_path: Path, version: int) -> None:
+    size = 48 if version == 2 else 0  # v4: each image draws its own size
+    params = {"n_train": 64, "n_val": 1, "size": size, "seed": 2, "version": version}
     serial = generate_synthetic(tmp_path / "serial", workers=1, **params)
     pooled = generate_synthetic(tmp_path / "pooled", workers=2, **params)
     assert _files(serial, "masks/*.png") == _files(pooled, "masks/*.png")
@@ -59,7 +62,7 @@ def test_writes_the_custom_format_with_meta(generated: Path) -> None:
     assert len((generated / "train.txt").read_text().split()) == 6
     assert (generated / "val.txt").read_text().split() == ["val_00000", "val_00001"]
     meta = json.loads((generated / "meta.json").read_text())
-    assert meta["params"] == SMALL and meta["generator_version"] >= 1
+    assert meta["params"] == {**SMALL, "version": 2} and meta["generator_version"] == 2
     assert meta["cooccurring_pair"] == list(COOCCURRING_PAIR) and meta["context_band_class"] == CONTEXT_CLASS
     rows = (generated / "labels.csv").read_text().splitlines()
     assert rows[0] == "image,labels" and len(rows) == 9
@@ -110,11 +113,13 @@ def test_label_statistics_counts_and_cooccurrence() -> None:
     assert min(per_class.values()) > 0.5 * max(per_class.values())
 
 
-def test_context_band_is_dark_and_background() -> None:
-    triangle = CLASS_NAMES.index(CONTEXT_CLASS) + 1
+@pytest.mark.parametrize("version", [2, 3])
+def test_context_band_is_dark_and_background(version: int) -> None:
+    profile = PROFILES[version]
+    triangle = profile.classes.index(profile.context_class) + 1
     near, far, labelled_bg = [], [], []
     for index in range(40):
-        image, mask, labels = render_image(np.random.default_rng([5, 0, index]), 160)
+        image, mask, labels = render_image(np.random.default_rng([5, 0, index]), 160, profile)
         if triangle - 1 not in labels:
             continue
         dist = ndimage.distance_transform_edt(mask != triangle)

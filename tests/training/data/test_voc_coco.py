@@ -163,6 +163,7 @@ def test_train_command_prints_the_data_line(tmp_path: Path, monkeypatch, capsys)
             self.ctx = types.SimpleNamespace(is_main=True)
             self.train_set = build_dataset(data_spec, "train", crop_size=16)
             self.val_set = None  # the Trainer's val_set is None for data without masks
+            self.resolution_note = None  # resolution=preset: nothing chosen from the data
 
         def fit(self) -> dict:
             print("fit")

@@ -63,8 +63,8 @@ def _read_synthetic(spec: DataSpec, split: str, cache_root: Path | None) -> Item
 
 
 def _synthetic_params(text: str, spec: str) -> dict[str, int]:
-    """`synthetic[:n_train=64,n_val=16,size=128,seed=0]` parameters; no ?query."""
-    from cosa_sdk.training.data.readers.synthetic import SYNTHETIC_DEFAULTS
+    """`synthetic[:n_train=64,n_val=16,size=128,seed=0,version=2]` parameters; no ?query."""
+    from cosa_sdk.training.data.readers.synthetic import SYNTHETIC_DEFAULTS, profile_for
 
     if "?" in spec:
         raise CosaConfigError(
@@ -84,6 +84,8 @@ def _synthetic_params(text: str, spec: str) -> dict[str, int]:
             params[key] = int(value)
         except ValueError as exc:
             raise CosaConfigError(f"synthetic parameter {key}={value!r} in {spec!r} must be an integer.") from exc
+    if "version" in params:
+        profile_for(params["version"])  # the benchmark versions are known: refuse others while parsing
     return params
 
 

@@ -1,7 +1,9 @@
 """Rendering of one image of the embedded synthetic benchmark (see `synthetic.py` for the design).
 
 Pure numpy + PIL + scipy; every random choice comes from the generator passed in, so an image is a
-function of its (seed, split, index) only.
+function of its (seed, split, index) and its benchmark profile (`synthetic_profiles.py`) only. Draws that
+only some profiles make (image sides, instances per class) come where they change nothing for the others:
+versions 1 and 2 consume the generator exactly as their original code did.
 """
 
 from __future__ import annotations
@@ -15,60 +17,21 @@ import numpy as np
 from PIL import Image, ImageDraw
 from scipy import ndimage
 
-CLASS_NAMES = ("disk", "star", "ring", "cross", "crescent", "triangle")
-COOCCURRING_PAIR = ("crescent", "star")  # like a moon and a star: most images with one hold both
-CONTEXT_CLASS = "triangle"  # always framed by a dark band that is background in the ground truth
-PAIR_PROB = 0.8
-CONTEXT_PROB = 0.9
-LABEL_COUNT_PROBS = (0.5, 0.35, 0.15)  # 1, 2 or 3 classes per image
-# Object extent as a fraction of the image side: from OBJECT_MIN up to a top that shrinks with the
-# number of objects. Objects span several cells of a stride-14/16 CAM grid at the CPU preset's input.
-OBJECT_MIN = 0.28
-OBJECT_TOP = {1: 0.7, 2: 0.6, 3: 0.52}
-DISTRACTOR_COUNT_PROBS = (0.45, 0.4, 0.15)  # 0, 1 or 2 unlabelled blobs
-DISTRACTOR_SIZE = (0.08, 0.2)
+from cosa_sdk.training.data.readers.synthetic_profiles import (
+    DEFAULT_VERSION,
+    PART_COLOURS,
+    PROFILES,
+    SHAPES,
+    BenchmarkProfile,
+    pattern_weight,
+)
+
+_DEFAULT = PROFILES[DEFAULT_VERSION]
+CLASS_NAMES = _DEFAULT.classes  # the default benchmark's classes, pair and context class
+COOCCURRING_PAIR = _DEFAULT.cooccurring_pair
+CONTEXT_CLASS = _DEFAULT.context_class
 SUPERSAMPLE = 4
 MIN_VISIBLE = 0.45
-
-# Class-specific two-colour patterns, painted on one part of the object only.
-PART_COLOURS = {
-    "disk": ((220, 40, 40), (250, 215, 50)),
-    "star": ((30, 60, 200), (235, 235, 235)),
-    "ring": ((40, 165, 60), (20, 20, 20)),
-    "cross": ((200, 40, 180), (40, 200, 210)),
-    "crescent": ((245, 140, 20), (105, 40, 150)),
-    "triangle": ((240, 240, 240), (35, 35, 35)),
-}
-
-
-def _circle(radius: float, cx: float = 0.0, cy: float = 0.0, n: int = 72) -> np.ndarray:
-    angles = np.linspace(0, 2 * np.pi, n, endpoint=False)
-    return np.stack([cx + radius * np.cos(angles), cy + radius * np.sin(angles)], axis=1)
-
-
-def _star(points: int = 5, inner: float = 0.42) -> np.ndarray:
-    angles = np.pi / 2 + np.arange(2 * points) * np.pi / points
-    radii = np.where(np.arange(2 * points) % 2 == 0, 1.0, inner)
-    return np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1)
-
-
-def _cross(arm: float = 0.2) -> np.ndarray:
-    a = arm
-    return np.array(
-        [(-a, -1), (a, -1), (a, -a), (1, -a), (1, a), (a, a), (a, 1), (-a, 1), (-a, a), (-1, a), (-1, -a), (-a, -a)],
-        dtype=float,
-    )
-
-
-# Each shape: polygons in the unit circle, drawn in order with their fill (255 adds, 0 cuts a hole).
-SHAPES = {
-    "disk": [(_circle(0.95), 255)],
-    "star": [(_star(), 255)],
-    "ring": [(_circle(1.0), 255), (_circle(0.55), 0)],
-    "cross": [(_cross(), 255)],
-    "crescent": [(_circle(1.0), 255), (_circle(0.82, cx=0.42), 0)],
-    "triangle": [(_circle(1.05, n=3), 255)],
-}
 
 
 @functools.lru_cache(maxsize=1)
@@ -99,16 +62,17 @@ def background_photos() -> tuple[np.ndarray, ...]:
     return tuple(out)
 
 
-def sample_labels(rng: np.random.Generator) -> list[int]:
+def sample_labels(rng: np.random.Generator, profile: BenchmarkProfile = _DEFAULT) -> list[int]:
     """0-based class indices of one image: 1-3 classes, with the co-occurring pair mostly together."""
-    count = int(rng.choice(3, p=LABEL_COUNT_PROBS)) + 1
-    chosen = [int(c) for c in rng.choice(len(CLASS_NAMES), size=count, replace=False)]
-    pair = [CLASS_NAMES.index(name) for name in COOCCURRING_PAIR]
+    probs = profile.label_count_probs
+    count = int(rng.choice(len(probs), p=probs)) + 1
+    chosen = [int(c) for c in rng.choice(len(profile.classes), size=count, replace=False)]
+    pair = [profile.classes.index(name) for name in profile.cooccurring_pair]
     present = [c for c in pair if c in chosen]
-    add_partner = rng.random() < PAIR_PROB
+    add_partner = rng.random() < profile.pair_prob
     if len(present) == 1 and add_partner:
         partner = pair[1 - pair.index(present[0])]
-        if len(chosen) < 3:
+        if len(chosen) < profile.max_labels:
             chosen.append(partner)
         else:
             others = [c for c in chosen if c not in pair]
@@ -116,13 +80,20 @@ def sample_labels(rng: np.random.Generator) -> list[int]:
     return sorted(chosen)
 
 
-def _jitter_background(rng: np.random.Generator, size: int) -> np.ndarray:
+def _jitter_background(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """A random crop of a photograph with the image's aspect ratio, resized to `shape` and recoloured."""
     photos = background_photos()
     photo = photos[int(rng.integers(len(photos)))]
     h, w = photo.shape[:2]
-    side = int(min(h, w) * rng.uniform(0.3, 1.0))
-    y, x = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
-    img = Image.fromarray(photo[y : y + side, x : x + side]).resize((size, size), Image.BILINEAR)
+    height, width = shape
+    scale = rng.uniform(0.3, 1.0)
+    if height == width:
+        crop_h = crop_w = int(min(h, w) * scale)
+    else:
+        fit = min(h / height, w / width)  # the largest crop of this aspect ratio, as a factor of `shape`
+        crop_h, crop_w = max(1, int(height * fit * scale)), max(1, int(width * fit * scale))
+    y, x = int(rng.integers(0, h - crop_h + 1)), int(rng.integers(0, w - crop_w + 1))
+    img = Image.fromarray(photo[y : y + crop_h, x : x + crop_w]).resize((width, height), Image.BILINEAR)
     if rng.random() < 0.5:
         img = img.transpose(Image.FLIP_LEFT_RIGHT)
     hsv = np.asarray(img.convert("HSV")).astype(np.float32)
@@ -164,11 +135,11 @@ class Placement:
         return (c * dx + s * dy) / (self.radius * self.aspect), (-s * dx + c * dy) * self.aspect / self.radius
 
 
-def _window(place: Placement, size: int, pad: float) -> tuple[int, int, int, int]:
+def _window(place: Placement, shape: tuple[int, int], pad: float) -> tuple[int, int, int, int]:
     """(y0, y1, x0, x1) of the image region a layer can touch (shapes lie in the unit circle)."""
     extent = place.radius * 1.06 * max(place.aspect, 1 / place.aspect) + pad
     y0, x0 = max(0, int(place.cy - extent)), max(0, int(place.cx - extent))
-    y1, x1 = min(size, math.ceil(place.cy + extent)), min(size, math.ceil(place.cx + extent))
+    y1, x1 = min(shape[0], math.ceil(place.cy + extent)), min(shape[1], math.ceil(place.cx + extent))
     return y0, y1, x0, x1
 
 
@@ -190,26 +161,6 @@ def _blob(rng: np.random.Generator) -> list:
         radii += rng.uniform(-0.15, 0.15) * np.cos(k * angles + rng.uniform(0, 2 * np.pi))
     radii *= 0.9
     return [(np.stack([radii * np.cos(angles), radii * np.sin(angles)], axis=1), 255)]
-
-
-def _pattern(name: str, u: np.ndarray, v: np.ndarray, period: float) -> np.ndarray:
-    """Two-colour mixing weight in [0, 1] of the class pattern, in object coordinates."""
-    w = 2 * np.pi / period
-    if name == "disk":
-        wave = np.sin(w * u)
-    elif name == "star":
-        wave = np.sin(w * u) * np.sin(w * v) * 2
-    elif name == "ring":
-        fu, fv = (u / period) % 1 - 0.5, (v / period) % 1 - 0.5
-        wave = (0.09 - fu**2 - fv**2) * 20
-    elif name == "cross":
-        wave = np.sin(w * (u + v) / math.sqrt(2))
-    elif name == "crescent":
-        wave = np.sin(w * np.hypot(u - 0.5, v))
-    else:
-        zig = np.abs((u / period) % 1 - 0.5) * period
-        wave = np.sin(w * (v + zig))
-    return np.clip(0.5 + 2.5 * wave, 0, 1)
 
 
 def _body_colour(rng: np.random.Generator) -> np.ndarray:
@@ -235,7 +186,7 @@ def _place_layer(
     rng: np.random.Generator,
     polygons: list,
     radius: float,
-    size: int,
+    shape: tuple[int, int],
     owner: np.ndarray,
     visible: dict[int, int],
     areas: dict[int, int],
@@ -246,13 +197,13 @@ def _place_layer(
             radius *= 0.85
         margin = radius * 0.6
         place = Placement(
-            cx=rng.uniform(margin, size - margin),
-            cy=rng.uniform(margin, size - margin),
+            cx=rng.uniform(margin, shape[1] - margin),
+            cy=rng.uniform(margin, shape[0] - margin),
             radius=radius,
             angle=rng.uniform(0, 2 * np.pi),
             aspect=rng.uniform(0.85, 1.15),
         )
-        window = _window(place, size, pad=0.4 * radius + 3)
+        window = _window(place, shape, pad=0.4 * radius + 3)
         alpha = _coverage(polygons, place, window)
         hard = alpha >= 0.5
         if hard.sum() < 4:
@@ -264,31 +215,53 @@ def _place_layer(
     return place, window, alpha
 
 
-def _object_size(rng: np.random.Generator, count: int) -> float:
-    """Object extent as a fraction of the side, between OBJECT_MIN and OBJECT_TOP[count]."""
-    return OBJECT_MIN + (OBJECT_TOP[count] - OBJECT_MIN) * math.sqrt(rng.random())
+@dataclass
+class Scene:
+    """One rendered image: uint8 HxWx3 RGB, uint8 HxW mask (0 bg, i = class i, 255 boundary band), the
+    0-based labels of the classes visible in the mask and the drawn objects as (class, extent), the
+    extent being the object's diameter as a fraction of the shorter side."""
+
+    image: np.ndarray
+    mask: np.ndarray
+    labels: list[int]
+    objects: list[tuple[int, float]]
 
 
-def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.ndarray, list[int]]:
-    """One image: uint8 HxWx3 RGB, uint8 HxW mask (0 bg, i = class i, 255 boundary band), 0-based labels."""
-    canvas = _jitter_background(rng, size)
-    labels = sample_labels(rng)
-    n_distractors = int(rng.choice(3, p=DISTRACTOR_COUNT_PROBS))
+def render_image(
+    rng: np.random.Generator, size: int | tuple[int, int], profile: BenchmarkProfile = _DEFAULT
+) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """One image of `size` (a side, or (height, width)): RGB image, mask and labels (see `Scene`)."""
+    scene = render_scene(rng, size, profile)
+    return scene.image, scene.mask, scene.labels
+
+
+def render_scene(rng: np.random.Generator, size: int | tuple[int, int], profile: BenchmarkProfile = _DEFAULT) -> Scene:
+    """Draw one image of a profile; every random choice comes from `rng`."""
+    shape = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    side = min(shape)
+    classes = profile.classes
+    canvas = _jitter_background(rng, shape)
+    labels = sample_labels(rng, profile)
+    instances = profile.instance_probs
+    counts = [int(rng.choice(len(instances), p=instances)) + 1 for _ in labels] if len(instances) > 1 else None
+    pool = [c for c, n in zip(labels, counts, strict=True) for _ in range(n)] if counts else labels
+    n_distractors = int(rng.choice(len(profile.distractor_probs), p=profile.distractor_probs))
     on_top = [bool(rng.random() < 0.4) for _ in range(n_distractors)]
-    objects = [labels[i] for i in rng.permutation(len(labels))]
+    objects = [pool[i] for i in rng.permutation(len(pool))]
     layers = [-1] * on_top.count(False) + objects + [-1] * on_top.count(True)
 
-    owner = np.full((size, size), -1, dtype=np.int32)  # index of the object seen at each pixel
+    owner = np.full(shape, -1, dtype=np.int32)  # index of the object seen at each pixel
     visible: dict[int, int] = {}
     areas: dict[int, int] = {}
-    mask = np.zeros((size, size), dtype=np.uint8)
+    drawn: list[tuple[int, float]] = []
+    mask = np.zeros(shape, dtype=np.uint8)
     for cls in layers:
-        polygons = SHAPES[CLASS_NAMES[cls]] if cls >= 0 else _blob(rng)
-        frac = _object_size(rng, len(labels)) if cls >= 0 else rng.uniform(*DISTRACTOR_SIZE)
-        place, (y0, y1, x0, x1), alpha = _place_layer(rng, polygons, frac * size / 2, size, owner, visible, areas)
+        polygons = SHAPES[classes[cls]] if cls >= 0 else _blob(rng)
+        frac = profile.object_size(rng, len(objects)) if cls >= 0 else rng.uniform(*profile.distractor_size)
+        place, (y0, y1, x0, x1), alpha = _place_layer(rng, polygons, frac * side / 2, shape, owner, visible, areas)
         hard = alpha >= 0.5
         region = canvas[y0:y1, x0:x1]
-        if cls >= 0 and CLASS_NAMES[cls] == CONTEXT_CLASS and rng.random() < CONTEXT_PROB:
+        if cls >= 0 and classes[cls] == profile.context_class and rng.random() < profile.context_prob:
             dist = ndimage.distance_transform_edt(~hard)
             width = place.radius * rng.uniform(0.22, 0.35)
             band = np.clip(width + 0.5 - dist, 0, 1) * np.clip(dist, 0, 1) * 0.85
@@ -298,7 +271,7 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
         grid = np.mgrid[y0:y1, x0:x1].astype(np.float32) + 0.5
         colour = _paint_body(place, rng, grid)
         if cls >= 0 or rng.random() < 0.4:
-            colour = _paint_part(colour, cls, place, rng, grid)
+            colour = _paint_part(colour, classes[cls] if cls >= 0 else None, place, rng, grid)
         _composite(region, colour, alpha)
         covered = np.bincount(owner[y0:y1, x0:x1][hard] + 1, minlength=len(areas) + 1)
         for i in visible:
@@ -308,21 +281,28 @@ def render_image(rng: np.random.Generator, size: int) -> tuple[np.ndarray, np.nd
             areas[new_id] = visible[new_id] = int(hard.sum())
             owner[y0:y1, x0:x1][hard] = new_id
             mask[y0:y1, x0:x1][hard] = cls + 1
+            drawn.append((cls, 2 * place.radius / side))
         else:
             owner[y0:y1, x0:x1][hard] = -1
             mask[y0:y1, x0:x1][hard] = 0
     boundary = ndimage.maximum_filter(mask, size=3) != ndimage.minimum_filter(mask, size=3)
     mask[boundary] = 255
     image = np.clip(canvas + 3 * rng.standard_normal(canvas.shape, dtype=np.float32), 0, 255).astype(np.uint8)
-    return image, mask, labels
+    # An object hidden by later layers (placement gives up after 40 tries) or thinner than the boundary
+    # band is not in the mask, so its class is not an image label either.
+    shown = {int(v) - 1 for v in np.unique(mask) if 0 < v < 255}
+    labels = [c for c in labels if c in shown]
+    if not labels:  # nothing labelled stayed visible: draw the image again (rare; never in versions 1-2)
+        return render_scene(rng, shape, profile)
+    return Scene(image, mask, labels, drawn)
 
 
 def _paint_part(
-    colour: np.ndarray, cls: int, place: Placement, rng: np.random.Generator, grid: np.ndarray
+    colour: np.ndarray, name: str | None, place: Placement, rng: np.random.Generator, grid: np.ndarray
 ) -> np.ndarray:
     """Overlay the class pattern on one side of the object (a half-plane in object coordinates).
 
-    Distractors (cls < 0) sometimes get a plain grey stripe part, so "has a pattern" is not a class cue.
+    Distractors (name None) sometimes get a plain grey stripe part, so "has a pattern" is not a class cue.
     """
     ys, xs = grid
     u, v = place.to_local(xs, ys)
@@ -331,13 +311,12 @@ def _paint_part(
     along = u * math.cos(side) + v * math.sin(side) - offset
     part = np.clip(0.5 + along * place.radius, 0, 1)
     period = rng.uniform(0.26, 0.36)
-    if cls >= 0:
-        name = CLASS_NAMES[cls]
+    if name is not None:
         first, second = (np.array(c, dtype=np.float32) + rng.normal(0, 10, 3) for c in PART_COLOURS[name])
-        weight = _pattern(name, u, v, period)
+        weight = pattern_weight(name, u, v, period)
     else:
         grey = rng.uniform(60, 200)
         first, second = np.full(3, grey, np.float32), np.full(3, 255 - grey, np.float32)
-        weight = _pattern("disk", u, v, period)
+        weight = pattern_weight("disk", u, v, period)
     pattern = first * weight[..., None] + second * (1 - weight[..., None])
     return colour * (1 - part[..., None]) + pattern * part[..., None]
