@@ -56,8 +56,8 @@ typical use:
 `cosa COMMAND --help` lists a command's options. From Python: cosa_sdk.load("bundles/pets").segment("photo.jpg")"""
 
 SYNTHETIC_FORM = (
-    "synthetic[:key=value,...] (the built-in benchmark; keys n_train, n_val, size, seed, "
-    "e.g. synthetic:n_train=200,n_val=50,size=128)"
+    "synthetic[:key=value,...] (the built-in benchmark; keys n_train, n_val, size, seed, version (1-4, "
+    "default 2), e.g. synthetic:n_train=200,n_val=50,size=128 or synthetic:version=3)"
 )
 DATA_FORMS = f"voc:PATH | coco:PATH | custom:PATH | {SYNTHETIC_FORM}"
 BACKEND_HELP = (

@@ -45,8 +45,21 @@ def test_a_fast_machine_trains_the_full_schedule() -> None:
     assert "training all of them" in sized.message and f"{TINY.iters} iterations" in sized.message
 
 
-def test_a_slow_machine_trains_a_scaled_schedule_that_fits() -> None:
+def test_a_slightly_slow_machine_halves_the_batch_and_keeps_every_step() -> None:
+    slightly = StepTimes(warmup_s=1.15, cotraining_s=2.05, eval_image_s=0.14, calibration_s=20.0)
+    sized = fit_schedule(TINY, slightly, budget_min=10, val_images=VAL)
+    assert sized.config == dataclasses.replace(TINY, batch_size=TINY.batch_size // 2) and sized.fraction == 1.0
+    assert "batch 8 instead of 16" in sized.message and "--budget 0" in sized.message
+
+
+def test_halving_the_batch_shortens_a_step_by_what_was_measured() -> None:
+    half = FAST.with_batch(0.5)
+    assert half.cotraining_s / FAST.cotraining_s == pytest.approx(0.54) and half.eval_image_s == FAST.eval_image_s
+
+
+def test_a_slow_machine_halves_the_batch_then_scales_the_schedule_to_fit() -> None:
     sized = fit_schedule(TINY, SLOW, budget_min=10, val_images=VAL)
+    assert sized.config.batch_size == TINY.batch_size // 2
     assert MIN_FRACTION <= sized.fraction < 1.0 and sized.config.iters < TINY.iters
     available = 600 - REST_IN_STEPS * SLOW.cotraining_s - SLOW.calibration_s
     assert sized.predicted_s <= available < sized.full_predicted_s
@@ -85,16 +98,17 @@ def test_schedule_choice_iters_then_budget_zero_then_a_started_runs_own(tmp_path
     assert chosen.iters == 7 and "--iters" in note
     chosen, note = app.schedule_stage(config, _args(budget=0), tmp_path / "run", tmp_path, DATA)
     assert chosen == config and "--budget 0" in note
-    started = dataclasses.replace(config, iters=23, loss_warmup_iters=9, eval_every=11)
+    started = dataclasses.replace(config, iters=23, loss_warmup_iters=9, eval_every=11, batch_size=1)
     save_checkpoint(
         tmp_path / "run" / "last.pt", {"model_config": {}, "classes": [], "online": {}, "config": started.to_dict()}
     )
     chosen, note = app.schedule_stage(config, _args(), tmp_path / "run", tmp_path, DATA)
-    assert (chosen.iters, chosen.loss_warmup_iters, chosen.eval_every) == (23, 9, 11) and "sized when" in note
+    assert (chosen.iters, chosen.loss_warmup_iters, chosen.eval_every, chosen.batch_size) == (23, 9, 11, 1)
+    assert "sized when" in note
 
 
 def test_a_fresh_run_is_sized_from_what_was_measured(tmp_path, monkeypatch) -> None:
     monkeypatch.setattr(app, "measure_step_times", lambda *a, **k: SLOW)
     chosen, note = app.schedule_stage(TINY, _args(), tmp_path / "run", tmp_path, DATA)
-    assert chosen.iters == fit_schedule(TINY, SLOW, budget_min=10, val_images=4).config.iters < TINY.iters
+    assert chosen == fit_schedule(TINY, SLOW, budget_min=10, val_images=4).config != TINY
     assert "3.10 s per co-training step" in note
