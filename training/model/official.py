@@ -247,6 +247,7 @@ def import_official_checkpoint(
     num_classes = validate_official_state(state, source=str(path))
     official = plain_args(meta.get("args"))
     dataset_name, classes = _dataset_and_classes(num_classes, dataset, official)
+    palette = voc_colormap(num_classes + 1)
     aux_layer = official.get("aux_layer")
     aux_layer = -3 if aux_layer is None else aux_layer  # the released VOC and COCO runs used -3
     if not isinstance(aux_layer, int) or isinstance(aux_layer, bool) or not -DEPTH <= aux_layer < DEPTH:
@@ -269,7 +270,7 @@ def import_official_checkpoint(
         "preset": "official",
         "model_config": model_config,
         "classes": classes,
-        "palette": [list(rgb) for rgb in voc_colormap(num_classes + 1)],
+        "palette": [list(rgb) for rgb in palette],
         **networks,
         "selected": key,
         "s_or_t": s_or_t,
@@ -296,7 +297,7 @@ def import_official_checkpoint(
         "config": {"input_size": [INPUT_SIZE, INPUT_SIZE], "tta_scales": list(TTA_SCALES)},
         RECORD_KEY: RunRecord(
             classes=tuple(classes),
-            palette=tuple(tuple(rgb) for rgb in voc_colormap(num_classes + 1)),
+            palette=tuple(tuple(rgb) for rgb in palette),
             eval_size=INPUT_SIZE,
             input_size=(INPUT_SIZE, INPUT_SIZE),
             crop_size=INPUT_SIZE,
