@@ -1,7 +1,7 @@
 """What each of the paper's techniques adds, measured on the embedded synthetic benchmarks.
 
-Trains the `tiny` preset once per benchmark, row and seed and prints one table per benchmark (also JSON
-and a PNG bar chart):
+Trains a CPU preset (`tiny` by default, `--preset cpu`) once per benchmark, row and seed and prints one
+table per benchmark (also JSON and a PNG bar chart):
 
   cam-baseline    classification only, CAMs thresholded (label-free: the classifier's own labels filter)
   released        the released code path: fixed thresholds, L_c2s + L_s2c (+ L_reg where the preset has it)
@@ -11,9 +11,15 @@ and a PNG bar chart):
   ppl+csc         + perplexity and contrastive (all but the technique whose warm-up cost breaks the CPU budget)
   all-three       + all three techniques
   uniform         released with every training image drawn equally often (the preset balances label sets)
+  +affinity       released with the teacher's CAMs refined by pixel affinity before the CAM pseudo-labels
+  +crf-loss       released with the dense-CRF loss on the segmentation logits
+  no-crf-loss     released without the dense-CRF loss (for presets that train with it)
   full            the same network and schedule trained on ground-truth masks (upper bound)
 
-Columns: label-free seg mIoU, CAM mIoU, mIoU over the co-occurring class pair, training minutes.
+Columns: label-free seg mIoU, the share of images whose own mIoU reaches 50 ("right"), CAM mIoU, mIoU over
+the co-occurring class pair, training minutes. Every run's best.pt is also scored with the SDK's
+post-processing (`cosa eval --postprocess`): classes the classifier scores absent dropped, edge-aware
+upsampling, and both; a second table per benchmark shows those.
 
 Benchmarks: the versions of the synthetic benchmark (`synthetic:version=N`, see
 training/data/readers/synthetic_profiles.py), all of them by default. With more than one, a summary per
@@ -42,7 +48,7 @@ from cosa_sdk.training.data import parse_data_spec
 from cosa_sdk.training.data.readers.synthetic_profiles import PROFILES
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint, save_checkpoint
 from cosa_sdk.training.engine.trainer import Trainer
-from cosa_sdk.training.evaluation.evaluate import cam_to_label, predict_maps
+from cosa_sdk.training.evaluation.evaluate import VARIANTS, cam_to_label, evaluate, predict_maps
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
 from cosa_sdk.training.run_record import RunRecord
 
@@ -70,6 +76,9 @@ ROWS: dict[str, dict] = {
     "ppl+csc": {"perplexity": True, "contrastive": True},
     "all-three": {"dynamic_threshold": True, "perplexity": True, "contrastive": True},
     "uniform": {"label_set_balance": 0.0},
+    "+affinity": {"cam_refine": True},
+    "+crf-loss": {"crf_loss": True},
+    "no-crf-loss": {"crf_loss": False},
     "full": {},
 }
 TECHNIQUES = ("dynamic_threshold", "perplexity", "contrastive")
@@ -101,6 +110,24 @@ def label_free_cam_scores(run: Path, data_spec: str) -> float:
     return 100.0 * float(matrix.scores()["miou"])
 
 
+@torch.no_grad()
+def postprocess_scores(run: Path, data_spec: str, network_name: str) -> dict[str, dict]:
+    """Label-free scores of the selected network under each SDK post-processing variant."""
+    record = load_checkpoint(run / "best.pt")
+    network = build_network(record, network_name)
+    run_record = RunRecord.from_checkpoint(record)
+    scores = evaluate(
+        network,
+        run_record.eval_dataset(data_spec=data_spec),
+        num_classes=len(run_record.classes),
+        with_cams=False,
+        variants=VARIANTS,
+    )
+    return {
+        name: {"seg_miou": v["seg_miou"], "images_right": v["images_right"]} for name, v in scores["variants"].items()
+    }
+
+
 def pair_miou(per_class: dict[str, float | None], pair: list[str]) -> float | None:
     values = [per_class.get(name) for name in pair]
     values = [v for v in values if v is not None]
@@ -108,7 +135,7 @@ def pair_miou(per_class: dict[str, float | None], pair: list[str]) -> float | No
 
 
 def shared_warmup(
-    config: TrainConfig, warmup_iters: int, data_spec: str, workdir: Path, cache: dict
+    config: TrainConfig, warmup_iters: int, data_spec: str, workdir: Path, cache: dict, preset_name: str = "tiny"
 ) -> tuple[Path, float]:
     """The classification warm-up all co-training rows of one seed share: (its last.pt, its minutes).
 
@@ -127,7 +154,7 @@ def shared_warmup(
             cache[key] = (run / "last.pt", saved["minutes"])
             return cache[key]
         started = time.perf_counter()
-        Trainer(warm_config, run_dir=run, data_spec=data_spec, preset_name="tiny", force=True).fit(
+        Trainer(warm_config, run_dir=run, data_spec=data_spec, preset_name=preset_name, force=True).fit(
             stop_after=warm_config.loss_warmup_iters
         )
         minutes = (time.perf_counter() - started) / 60
@@ -149,14 +176,21 @@ def branch(warm: Path, run: Path, config: TrainConfig) -> None:
 
 
 def run_row(
-    row: str, seed: int, base: TrainConfig, data_spec: str, workdir: Path, pair: list[str], warmups: dict | None
+    row: str,
+    seed: int,
+    base: TrainConfig,
+    data_spec: str,
+    workdir: Path,
+    pair: list[str],
+    warmups: dict | None,
+    preset_name: str = "tiny",
 ) -> dict:
     config = row_config(row, base, seed)
     run = workdir / f"{row}-seed{seed}"
     supervision = "full" if row == "full" else "weak"
     warm_minutes, resume = 0.0, False
     if warmups is not None and row != "full":
-        warm, warm_minutes = shared_warmup(config, base.loss_warmup_iters, data_spec, workdir, warmups)
+        warm, warm_minutes = shared_warmup(config, base.loss_warmup_iters, data_spec, workdir, warmups, preset_name)
         branch(warm, run, config)
         resume = True
     started = time.perf_counter()
@@ -165,7 +199,7 @@ def run_row(
         run_dir=run,
         data_spec=data_spec,
         supervision=supervision,
-        preset_name="tiny",
+        preset_name=preset_name,
         force=not resume,
         resume=resume,
     ).fit()
@@ -179,6 +213,8 @@ def run_row(
         "row": row,
         "seed": seed,
         "seg_miou": seg,
+        "images_right": None if row == "cam-baseline" else scores.get("images_right"),
+        "postprocess": None if row == "cam-baseline" else postprocess_scores(run, data_spec, metrics["selected"]),
         "cam_miou": cam,
         "pair_miou": pair_miou(per_class, pair),
         "minutes": minutes,
@@ -193,15 +229,47 @@ def summarise(records: list[dict]) -> list[dict]:
         if not mine:
             continue
         entry = {"row": row, "seeds": [r["seed"] for r in mine]}
-        for key in ("seg_miou", "cam_miou", "pair_miou", "minutes"):
+        for key in ("seg_miou", "images_right", "cam_miou", "pair_miou", "minutes"):
             # a run marked "shared_machine" (the cores were busy with other work) keeps its scores, not its time
             timed = [r for r in mine if not (key == "minutes" and r.get("shared_machine"))]
-            values = [r[key] for r in timed if r[key] is not None]
+            values = [r[key] for r in timed if r.get(key) is not None]
             entry[key] = statistics.mean(values) if values else None
             entry[f"{key}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
             entry[f"{key}_n"] = len(values)
+        entry["postprocess"] = _postprocess_means(mine)
         rows.append(entry)
     return rows
+
+
+def _postprocess_means(runs: list[dict]) -> dict[str, dict]:
+    """Per post-processing variant: mean label-free seg mIoU and share of images right over the runs."""
+    out = {}
+    for name in VARIANTS:
+        scored = [r["postprocess"][name] for r in runs if (r.get("postprocess") or {}).get(name)]
+        if scored:
+            out[name] = {
+                key: statistics.mean(v[key] for v in scored) if all(v[key] is not None for v in scored) else None
+                for key in ("seg_miou", "images_right")
+            }
+    return out
+
+
+def format_postprocess(rows: list[dict]) -> str:
+    """Label-free seg mIoU / % images right per row: plain bilinear argmax, then each SDK post-processing."""
+    rows = [e for e in rows if e.get("postprocess")]
+    if not rows:
+        return ""
+    head = f"{'row':<14} {'bilinear':>13}" + "".join(f" {name:>24}" for name in VARIANTS)
+    lines = ["seg mIoU / % images right, by post-processing:", head]
+
+    def pair(seg: float | None, right: float | None) -> str:
+        return "-" if seg is None else f"{seg:.1f} / {right:.0f}" if right is not None else f"{seg:.1f}"
+
+    for e in rows:
+        cells = [pair(e["seg_miou"], e.get("images_right"))]
+        cells += [pair(*(e["postprocess"].get(n, {}).get(k) for k in ("seg_miou", "images_right"))) for n in VARIANTS]
+        lines.append(f"{e['row']:<14} {cells[0]:>13}" + "".join(f" {c:>24}" for c in cells[1:]))
+    return "\n".join(lines)
 
 
 def paired_differences(records: list[dict], reference: str = "released", key: str = "seg_miou") -> list[dict]:
@@ -219,7 +287,7 @@ def paired_differences(records: list[dict], reference: str = "released", key: st
 
 
 def _cell(entry: dict, key: str, none: str) -> str:
-    value = entry[key]
+    value = entry.get(key)
     if value is None:
         return none
     spread = f" ± {entry[key + '_std']:.1f}" if entry[f"{key}_n"] > 1 else ""
@@ -227,21 +295,24 @@ def _cell(entry: dict, key: str, none: str) -> str:
 
 
 def format_table(rows: list[dict]) -> str:
-    lines = [f"{'row':<14} {'seeds':>5} {'seg mIoU':>13} {'CAM mIoU':>13} {'pair mIoU':>13} {'minutes':>11}"]
+    keys = ("seg_miou", "images_right", "cam_miou", "pair_miou", "minutes")
+    head = ("seg mIoU", "% right", "CAM mIoU", "pair mIoU", "minutes")
+    lines = [f"{'row':<14} {'seeds':>5}" + "".join(f" {h:>13}" for h in head)]
     for e in rows:
-        cells = [_cell(e, key, "-") for key in ("seg_miou", "cam_miou", "pair_miou", "minutes")]
-        lines.append(f"{e['row']:<14} {len(e['seeds']):>5} {cells[0]:>13} {cells[1]:>13} {cells[2]:>13} {cells[3]:>11}")
+        cells = [_cell(e, key, "-") for key in keys]
+        lines.append(f"{e['row']:<14} {len(e['seeds']):>5}" + "".join(f" {c:>13}" for c in cells))
     return "\n".join(lines)
 
 
 def format_markdown(rows: list[dict]) -> str:
     """The same table as README markdown (minutes count idle runs only)."""
     lines = [
-        "| row | seeds | seg mIoU (label-free) | CAM mIoU | pair mIoU | train minutes |",
-        "|---|---|---|---|---|---|",
+        "| row | seeds | seg mIoU (label-free) | % images right | CAM mIoU | pair mIoU | train minutes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for e in rows:
-        cells = " | ".join(_cell(e, key, "–") for key in ("seg_miou", "cam_miou", "pair_miou", "minutes"))
+        keys = ("seg_miou", "images_right", "cam_miou", "pair_miou", "minutes")
+        cells = " | ".join(_cell(e, key, "–") for key in keys)
         lines.append(f"| {e['row']} | {len(e['seeds'])} | {cells} |")
     return "\n".join(lines)
 
@@ -293,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help=f"synthetic benchmark versions, comma-separated (default: all, {','.join(map(str, PROFILES))})",
     )
-    parser.add_argument("--iters", type=int, default=None, help="iterations per run (default: the tiny preset's)")
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "cpu"], help="the CPU preset to train")
+    parser.add_argument("--iters", type=int, default=None, help="iterations per run (default: the preset's)")
     parser.add_argument("--data", default="synthetic")
     parser.add_argument(
         "--quick",
@@ -318,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("overrides", nargs="*", metavar="key=value")
     args = parser.parse_args(argv)
-    base = preset("tiny")
+    base = preset(args.preset)
     data_spec = args.data
     if args.quick:
         given = parse_data_spec(args.data).params if args.data.startswith("synthetic") else {}
@@ -350,7 +422,9 @@ def main(argv: list[str] | None = None) -> int:
             for seed in args.seeds:
                 for row in args.rows:
                     print(f"== {label} {row} seed {seed}", file=sys.stderr, flush=True)
-                    record = run_row(row, seed, base, info["data"], workdir, info["cooccurring_pair"], warmups)
+                    record = run_row(
+                        row, seed, base, info["data"], workdir, info["cooccurring_pair"], warmups, args.preset
+                    )
                     record.update(benchmark=label, data=info["data"])
                     if args.shared_machine:
                         record["shared_machine"] = True
@@ -377,6 +451,7 @@ def format_report(benchmarks: dict[str, dict], records: list[dict]) -> str:
             rows, info = summarise(runs), benchmarks[label]
             title = f": {info['title']}" if info.get("title") else ""
             parts += [f"== benchmark {label} ({info['data']}){title}", format_table(rows), format_markdown(rows)]
+            parts += [text for text in [format_postprocess(rows)] if text]
             parts.append(format_paired(paired_differences(runs)))
     if len(benchmarks) > 1:
         summary = summarise_benchmarks(records, benchmarks)

@@ -16,6 +16,7 @@ from cosa_sdk.backends import export_hint
 from cosa_sdk.constants import TTA_SCALES
 from cosa_sdk.errors import CosaModelError
 from cosa_sdk.palette import RGB, complete_palette
+from cosa_sdk.preprocess import CLASS_THRESHOLD
 
 BUNDLE_FORMAT = "cosa-bundle"
 BUNDLE_VERSION = 1
@@ -23,14 +24,39 @@ CONFIG_NAME = "cosa.json"
 METADATA_KEY = "cosa.json"
 
 
+CLASS_SCORES_OUTPUT = "class_scores"
+
+
 @dataclass(frozen=True)
 class OnnxInfo:
-    """Names and shape policy of the ONNX graph (cosa.json "onnx" key)."""
+    """Names and shape policy of the ONNX graph (cosa.json "onnx" key).
+
+    outputs: every output in order (`output` first); class_scores: the name of the image-level class-score
+    output the backends look for (a graph without it, exported before class scores, gives none).
+    """
 
     input: str = "image"
     output: str = "logits"
     dynamic: bool = False
     opset: int | None = None
+    outputs: tuple[str, ...] = ("logits",)
+    class_scores: str = CLASS_SCORES_OUTPUT
+
+
+@dataclass(frozen=True)
+class Postprocess:
+    """cosa.json "postprocess": the defaults of `segment(drop_absent=None, edge_aware=None)` (docs/contracts.md,
+    "cosa.json").
+
+    drop_absent: pixels may only take background or a class the classifier scores present;
+    class_threshold: present means sigmoid(class logit) >= this;
+    edge_aware: the class maps go to the image size through the guided filter of `cosa_sdk.upsample`
+    (boundaries snapped to the image's edges) instead of a plain bilinear resize.
+    """
+
+    drop_absent: bool = False
+    class_threshold: float = CLASS_THRESHOLD
+    edge_aware: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,6 +109,7 @@ class Bundle:
     name: str = ""
     config: dict[str, Any] = field(default_factory=dict, repr=False)
     int8: dict[str, Int8Variant] = field(default_factory=dict)
+    postprocess: Postprocess = field(default_factory=Postprocess)
 
     @property
     def num_classes(self) -> int:
@@ -280,8 +307,42 @@ def _check_onnx(check: _Checker) -> OnnxInfo:
     names = {k: info.get(k, default) for k, default in (("input", "image"), ("output", "logits"))}
     if not all(isinstance(v, str) and v for v in names.values()):
         raise check.fail("onnx", f"input/output must be tensor names, got {names!r}")
+    outputs = info.get("outputs", [names["output"]])
+    if not (isinstance(outputs, list) and all(isinstance(v, str) and v for v in outputs)):
+        raise check.fail("onnx", f"'outputs' must be a list of tensor names, got {outputs!r}")
+    if names["output"] not in outputs:
+        raise check.fail("onnx", f"'outputs' {outputs!r} must include the logits output {names['output']!r}")
+    extra = [name for name in outputs if name != names["output"]]
     opset = info.get("opset")
-    return OnnxInfo(dynamic=bool(info.get("dynamic", False)), opset=opset if _is_count(opset) else None, **names)
+    return OnnxInfo(
+        dynamic=bool(info.get("dynamic", False)),
+        opset=opset if _is_count(opset) else None,
+        outputs=tuple(outputs),
+        class_scores=extra[0] if extra else CLASS_SCORES_OUTPUT,
+        **names,
+    )
+
+
+def _check_postprocess(check: _Checker) -> Postprocess:
+    """The "postprocess" key: {"drop_absent": bool, "class_threshold": x in (0, 1), "edge_aware": bool};
+    defaults when absent."""
+    info = check.config.get("postprocess")
+    if info is None:
+        return Postprocess()
+    if not isinstance(info, dict):
+        raise check.fail(
+            "postprocess", "must be an object like {'drop_absent': false, 'class_threshold': 0.5, 'edge_aware': false}"
+        )
+    drop = info.get("drop_absent", False)
+    threshold = info.get("class_threshold", CLASS_THRESHOLD)
+    edge = info.get("edge_aware", False)
+    if not isinstance(drop, bool):
+        raise check.fail("postprocess", f"'drop_absent' must be true or false, got {drop!r}")
+    if not (_is_number(threshold) and 0 < threshold < 1):
+        raise check.fail("postprocess", f"'class_threshold' must be a probability between 0 and 1, got {threshold!r}")
+    if not isinstance(edge, bool):
+        raise check.fail("postprocess", f"'edge_aware' must be true or false, got {edge!r}")
+    return Postprocess(drop_absent=drop, class_threshold=float(threshold), edge_aware=edge)
 
 
 def _agreements(value: Any) -> dict[str, float]:
@@ -352,4 +413,5 @@ def bundle_from_config(config: dict[str, Any], *, source: Path, root: Path) -> B
         name=str(config.get("name") or root.name or source.stem),
         config=config,
         int8=_check_int8(check),
+        postprocess=_check_postprocess(check),
     )

@@ -12,6 +12,14 @@ from collections.abc import Sequence
 
 from cosa_sdk import __version__
 from cosa_sdk.backends import REGISTRY as BACKEND_REGISTRY
+from cosa_sdk.cli_training import (
+    DATA_FORMS,
+    SYNTHETIC_FORM,
+    add_data,
+    add_eval,
+    add_import_official,
+    add_train,
+)
 from cosa_sdk.constants import DEFAULT_MAX_LATENCY_MS, DEMO_BUDGET_MIN
 from cosa_sdk.errors import CosaError
 
@@ -46,7 +54,7 @@ typical use:
   cosa demo                                                          all of it on a built-in benchmark
   cosa data import labels.csv --out pets/                            bring your labelled images
   cosa data check pets/                                              validate and describe them
-  cosa train --data custom:pets/ --preset tiny --out runs/pets       train from image labels
+  cosa train --data custom:pets/ --preset cpu --out runs/pets        train from image labels
   cosa eval runs/pets/best.pt                                        score it (mIoU)
   cosa export runs/pets/best.pt --out bundles/pets --int8            write a model bundle
   cosa segment photos/ --model bundles/pets --out masks/ --overlay   segment images
@@ -55,130 +63,10 @@ typical use:
 
 `cosa COMMAND --help` lists a command's options. From Python: cosa_sdk.load("bundles/pets").segment("photo.jpg")"""
 
-SYNTHETIC_FORM = (
-    "synthetic[:key=value,...] (the built-in benchmark; keys n_train, n_val, size, seed, version (1-4, "
-    "default 2), e.g. synthetic:n_train=200,n_val=50,size=128 or synthetic:version=3)"
-)
-DATA_FORMS = f"voc:PATH | coco:PATH | custom:PATH | {SYNTHETIC_FORM}"
 BACKEND_HELP = (
     "auto (the fastest the bundle and this machine allow: TensorRT, then ONNX Runtime CUDA, then CPU) | "
     f"{' | '.join(BACKEND_REGISTRY)} (default: %(default)s)"
 )
-
-
-def _add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "train",
-        help="train CoSA from image-level labels",
-        description="Train CoSA from image-level labels (or masks, --supervision full). Writes RUN_DIR/config.json, "
-        "last.pt and best.pt; `cosa export RUN_DIR/best.pt` turns the result into a bundle.",
-    )
-    p.add_argument(
-        "--data",
-        metavar="SPEC",
-        default=None,
-        help=f"dataset: {DATA_FORMS}; PATH?split=NAME pins the training split "
-        "(VOC default: train_aug when present, else train) (default: synthetic; with --resume: the run's)",
-    )
-    p.add_argument(
-        "--preset",
-        default=None,
-        help="hyper-parameters to start from: voc | coco (the paper's recipes) | official (the released VOC "
-        "code path, quirks included) | tiny (minutes on a CPU) (default: tiny; with --resume: the run's)",
-    )
-    p.add_argument("--out", required=True, help="run directory (config.json, last.pt, best.pt, ...)")
-    p.add_argument("--iters", type=int, default=None, help="total iterations (default: the preset's)")
-    p.add_argument(
-        "--resume",
-        action="store_true",
-        help="continue RUN_DIR from last.pt with the run's own settings (data, preset, overrides, supervision); "
-        "options given must match them. A run that died before its first checkpoint restarts from step 0",
-    )
-    p.add_argument("--force", action="store_true", help="start over in a non-empty run directory")
-    p.add_argument(
-        "--skip-bad-images",
-        action="store_true",
-        help="the dataset is validated before training (every image decodes, every mask fits its image); "
-        "by default any problem stops the run with exit 2 and RUN_DIR/validation_report.txt. With this flag "
-        "unreadable images and bad masks are left out (listed in that report) and training goes on",
-    )
-    p.add_argument(
-        "--supervision",
-        choices=["weak", "full"],
-        default=None,
-        help="weak: image-level labels (CoSA); full: ground-truth masks (upper bound) (default: weak; with "
-        "--resume: the run's)",
-    )
-    p.add_argument(
-        "--backbone-weights",
-        default=None,
-        help="timm | PATH | pkg:NAME: where the backbone's pretrained weights come from",
-    )
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
-    p.add_argument(
-        "--seed",
-        type=int,
-        default=None,
-        help="random seed for initialisation, data order and augmentation (default: the preset's seed)",
-    )
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="override any preset value")
-
-
-def _add_eval(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "eval",
-        help="measure a checkpoint: CAM and segmentation mIoU",
-        description="Measure a checkpoint: per-class IoU, label-free and GT-filtered segmentation mIoU, CAM mIoU.",
-    )
-    p.add_argument("checkpoint", help="RUN_DIR/best.pt (or last.pt)")
-    p.add_argument(
-        "--data",
-        metavar="SPEC",
-        default=None,
-        help=f"dataset: {DATA_FORMS} (default: the one the run trained on)",
-    )
-    p.add_argument(
-        "--split",
-        default="val",
-        help="split to score: val, train (the training split) or a split of the dataset such as train_aug "
-        "(default: %(default)s)",
-    )
-    p.add_argument("--tta", action="store_true", help="5 scales + flip, as the official evaluation")
-    p.add_argument("--crf", action="store_true", help="dense CRF post-processing (needs cosa-sdk[crf])")
-    p.add_argument(
-        "--network",
-        choices=["auto", "online", "assignment"],
-        default="auto",
-        help="which of the two networks to score (auto: the one the checkpoint selected)",
-    )
-    p.add_argument("--device", default=None, help="cpu | cuda | cuda:N (default: cuda when present)")
-    p.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
-    p.add_argument("--json", dest="json_out", default=None, help="write the scores as JSON")
-
-
-def _add_import_official(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "import-official",
-        help="convert a released CoSA checkpoint into a cosa-sdk run",
-        description="Convert a checkpoint released with the CoSA paper into a cosa-sdk run directory, "
-        "ready for `cosa eval` and `cosa export`.",
-    )
-    p.add_argument("checkpoint", help="official best_seg.pth / voc_weights.pth / coco_weights.pth")
-    p.add_argument(
-        "--dataset",
-        choices=["voc", "coco"],
-        default=None,
-        help="class table (default: inferred from the number of classes)",
-    )
-    p.add_argument("--out", required=True, help="run directory to write (best.pt, config.json)")
-    p.add_argument(
-        "--network",
-        choices=["auto", "teacher", "student"],
-        default="auto",
-        help="which network the file holds: teacher (the EMA assignment network the paper evaluates) or "
-        "student (the online network) (auto: as the file records, else teacher)",
-    )
-    p.add_argument("--force", action="store_true", help="overwrite best.pt and config.json in a non-empty --out")
 
 
 def _add_export(sub: argparse._SubParsersAction) -> None:
@@ -208,6 +96,20 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--opset", type=int, default=17, help="ONNX opset version of the graph (default: %(default)s)")
     p.add_argument("--int8", action="store_true", help="also write an INT8 ONNX model for CPUs")
+    p.add_argument(
+        "--drop-absent",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="record in cosa.json that the SDK, by default, lets pixels take only background or the classes the "
+        "classifier scores present (default: %(default)s; `cosa segment --drop-absent/--keep-absent` overrides)",
+    )
+    p.add_argument(
+        "--edge-aware",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="record in cosa.json that the SDK, by default, snaps the upsampled class maps to the image's edges "
+        "with a guided filter (default: %(default)s; `cosa segment --edge-aware/--bilinear` overrides)",
+    )
     p.add_argument(
         "--calibration",
         choices=["dynamic", "static"],
@@ -244,6 +146,36 @@ def _add_segment(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--backend", default="auto", help=BACKEND_HELP)
     p.add_argument("--overlay", action="store_true", help="also write <stem>_overlay.jpg")
     p.add_argument("--tta", action="store_true", help="multi-scale + flip fusion")
+    absent = p.add_mutually_exclusive_group()
+    absent.add_argument(
+        "--drop-absent",
+        dest="drop_absent",
+        action="store_true",
+        default=None,
+        help="pixels take only background or the classes the classifier scores present (default: the bundle's)",
+    )
+    absent.add_argument(
+        "--keep-absent",
+        dest="drop_absent",
+        action="store_false",
+        default=None,
+        help="every class may take pixels (default: the bundle's)",
+    )
+    upsample = p.add_mutually_exclusive_group()
+    upsample.add_argument(
+        "--edge-aware",
+        dest="edge_aware",
+        action="store_true",
+        default=None,
+        help="snap the upsampled class maps to the image's edges with a guided filter (default: the bundle's)",
+    )
+    upsample.add_argument(
+        "--bilinear",
+        dest="edge_aware",
+        action="store_false",
+        default=None,
+        help="resize the class maps to the image bilinearly (default: the bundle's)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="images per model call (default: %(default)s)")
     p.add_argument("--json", dest="json_out", default=None, help="write per-image summaries as JSON")
 
@@ -340,68 +272,6 @@ def _add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="override tiny-preset values")
 
 
-def _add_data_check(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "check",
-        help="validate a dataset and describe it before training",
-        description="Validate every image and mask of a dataset and describe it (classes, label sets, "
-        "co-occurrence) before spending GPU hours on it.",
-    )
-    p.add_argument("data", metavar="DIR|SPEC", help=f"a custom-format folder or {DATA_FORMS}")
-    p.add_argument("--report", metavar="FILE", default=None, help="also write a self-contained HTML page with plots")
-    p.add_argument(
-        "--no-cache",
-        action="store_true",
-        help="re-read every file (by default files unchanged in size and mtime since the last check are skipped; "
-        "the cache lives in $COSA_CACHE_DIR/checks, default ~/.cache/cosa-sdk/checks)",
-    )
-    p.add_argument(
-        "--max-problems", type=int, default=None, metavar="N", help="print at most N problems (default: all)"
-    )
-
-
-def _add_data_import(dsub: argparse._SubParsersAction) -> None:
-    p = dsub.add_parser(
-        "import",
-        help="convert a dataset into the custom format",
-        description="Convert images with labels in a common format into cosa-sdk's custom format.",
-    )
-    p.add_argument("source", metavar="SOURCE", help="the folder or annotation file to import")
-    p.add_argument("--out", required=True, help="the custom-format folder to write")
-    p.add_argument(
-        "--format",
-        choices=("imagefolder", "csv", "coco", "voc-xml", "label-studio"),
-        default=None,
-        help="the source format (default: detected from SOURCE)",
-    )
-    p.add_argument("--image-col", default=None, help="CSV: the image column; Label Studio: the data key of the image")
-    p.add_argument("--labels-col", default=None, help="CSV: the labels column (default: labels, label, tags, ...)")
-    p.add_argument("--sep", default=None, help="CSV: the label separator (default: spaces, commas, ; or |)")
-    p.add_argument("--images-dir", default=None, help="CSV/JSON/XML: the folder image paths are relative to")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=None,
-        help="share of images held out for validation (default: 0.2 of the images with masks; 0 without masks)",
-    )
-    p.add_argument("--seed", type=int, default=0, help="seed of the train/val split (default: %(default)s)")
-    p.add_argument("--link", action="store_true", help="hard-link (else symlink) the images instead of copying")
-    p.add_argument("--force", action="store_true", help="replace an existing custom-format --out folder")
-
-
-def _add_data(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser(
-        "data",
-        help="check a dataset, or import one into the custom format",
-        description="Dataset tools: `cosa data check` validates and describes, `cosa data import` converts.",
-    )
-    dsub = p.add_subparsers(
-        dest="data_command", required=True, metavar="ACTION", title="actions", help="check or import"
-    )
-    _add_data_check(dsub)
-    _add_data_import(dsub)
-
-
 def build_parser() -> argparse.ArgumentParser:
     """The full `cosa` parser; sub-command handlers are imported only when chosen."""
     parser = argparse.ArgumentParser(
@@ -412,10 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
         dest="command", required=True, metavar="COMMAND", title="commands", help="one of these (cosa COMMAND --help):"
     )
     for add in (
-        _add_data,
-        _add_train,
-        _add_eval,
-        _add_import_official,
+        add_data,
+        add_train,
+        add_eval,
+        add_import_official,
         _add_export,
         _add_segment,
         _add_serve,

@@ -1,4 +1,5 @@
-"""Pre- and post-processing in numpy: bilinear resizes with torch's align_corners=False rule, normalisation, argmax.
+"""Pre- and post-processing in numpy: bilinear resizes with torch's align_corners=False rule, normalisation, argmax,
+and dropping the classes the image-level classifier calls absent (`drop_absent_classes`).
 
 The resize matches `torch.nn.functional.interpolate(mode="bilinear", align_corners=False)` without
 antialiasing, which is what the official evaluation applies to images and logits. Images more than
@@ -12,6 +13,11 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 from PIL import Image
+
+from cosa_sdk.errors import CosaInputError
+
+CLASS_THRESHOLD = 0.5
+"""A class is present when sigmoid(its image-level logit) >= this (cosa.json postprocess.class_threshold)."""
 
 
 def _source_indices(in_size: int, out_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,6 +108,34 @@ def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
     return logits
 
 
+def sigmoid(logits: np.ndarray) -> np.ndarray:
+    """Element-wise logistic function without overflow warnings: image-level class logits -> probabilities."""
+    x = np.asarray(logits, dtype=np.float32)
+    return np.exp(-np.logaddexp(np.float32(0.0), -x)).astype(np.float32, copy=False)
+
+
+def drop_absent_classes(logits: np.ndarray, class_probs: np.ndarray, threshold: float = CLASS_THRESHOLD) -> np.ndarray:
+    """A copy of `logits` with every foreground class the classifier calls absent set to -inf.
+
+    logits: (K, H, W) or (N, K, H, W), channel 0 = background; class_probs: (C,) or (N, C) probabilities
+    (sigmoid of the image-level logits), C = K - 1. A class is absent when its probability < `threshold`;
+    background is never dropped, so with every class absent the argmax is background everywhere. Apply it
+    at the size the argmax is taken at (after any resize): a bilinear resize of -inf gives NaN. The SDK
+    (`logits_to_mask`) and scoring both call this, so what is measured is what deploys.
+    """
+    values = np.asarray(logits)
+    probs = np.asarray(class_probs)
+    if values.ndim not in (3, 4) or probs.shape != (*values.shape[:-3], values.shape[-3] - 1):
+        raise CosaInputError(
+            f"drop_absent_classes takes logits (K, H, W) or (N, K, H, W) with class probabilities (K-1,) or "
+            f"(N, K-1), got {values.shape} and {probs.shape}"
+        )
+    dtype = values.dtype if np.issubdtype(values.dtype, np.floating) else np.float32
+    out = values.astype(dtype, copy=True)
+    out[..., 1:, :, :][probs < threshold] = -np.inf
+    return out
+
+
 def argmax_channels(logits: np.ndarray) -> np.ndarray:
     """Argmax over the first axis of (K, H, W) as uint8, one contiguous pass per class (first max wins)."""
     best = logits[0].copy()
@@ -147,17 +181,26 @@ def _resized_bands(logits: np.ndarray, size: tuple[int, int], band_rows: int) ->
 
 
 def logits_to_mask(
-    logits: np.ndarray, size: Sequence[int], *, with_scores: bool = False
+    logits: np.ndarray,
+    size: Sequence[int],
+    *,
+    with_scores: bool = False,
+    class_probs: np.ndarray | None = None,
+    class_threshold: float = CLASS_THRESHOLD,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(K, h, w) logits -> (mask uint8 (H, W), probabilities (K, H, W) or None) at `size`.
 
     The logits are resized before the argmax, as the official evaluation does. The work goes in
     bands of output rows, so without scores the extra memory is one band, not a (K, H, W) array.
+    class_probs: (K-1,) image-level class probabilities; when given, the classes below `class_threshold`
+    are dropped (`drop_absent_classes`) from each resized band, so they get neither pixels nor probability.
     """
     out_size = (int(size[0]), int(size[1]))
     mask = np.empty(out_size, dtype=np.uint8)
     scores = np.empty((logits.shape[0], *out_size), dtype=np.float32) if with_scores else None
     for band, resized in _resized_bands(logits, out_size, _band_rows(logits.shape[0], out_size[1])):
+        if class_probs is not None:
+            resized = drop_absent_classes(resized, class_probs, class_threshold)
         mask[band] = argmax_channels(resized)
         if scores is not None:
             if np.may_share_memory(resized, logits):  # same-size path: never softmax the caller's array

@@ -27,7 +27,8 @@ class SegmentationResult:
     `present` maps each class in the mask to its pixel fraction, largest first. `scores` holds
     (K, H, W) float32 probabilities when `segment(..., return_scores=True)`. `timings` holds seconds
     spent on decode, preprocess, model and postprocess for this image; in a batch the model time of
-    a chunk is shared equally between its images.
+    a chunk is shared equally between its images. `class_scores` maps each foreground class to the
+    image-level classifier's probability that it is in the image (None for models without class scores).
     """
 
     mask: np.ndarray
@@ -37,6 +38,7 @@ class SegmentationResult:
     timings: dict[str, float] = field(default_factory=dict)
     scores: np.ndarray | None = None
     image: Image.Image | None = None
+    class_scores: dict[str, float] | None = None
     present: dict[str, float] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -93,6 +95,7 @@ class SegmentationResult:
 
     def to_dict(self, *, mask: Literal[None, "png", "rle"] = None) -> dict[str, Any]:
         """JSON-able summary; `mask="png"` adds the palette PNG as base64, `mask="rle"` a run-length code.
+        `class_scores` ({class: probability}) is there when the model gives them.
 
         The RLE is row-major: {"encoding": "rle", "size": [H, W], "values": [...], "counts": [...]};
         `decode_mask` reverses both encodings.
@@ -104,6 +107,8 @@ class SegmentationResult:
             "backend": self.backend,
             "timings": {k: round(float(v), 6) for k, v in self.timings.items()},
         }
+        if self.class_scores is not None:
+            out["class_scores"] = {name: round(float(p), 6) for name, p in self.class_scores.items()}
         if mask == "png":
             buffer = io.BytesIO()
             self.colorized().save(buffer, format="PNG")

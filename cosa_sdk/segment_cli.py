@@ -65,15 +65,18 @@ def _progress(total: int) -> Any:
     return tqdm(total=total, unit="img", disable=None if total > 1 else True, file=sys.stderr)
 
 
-def _segment_chunk(seg: Any, chunk: Sequence[Path], tta: bool) -> list[SegmentationResult | CosaError]:
+def _segment_chunk(
+    seg: Any, chunk: Sequence[Path], tta: bool, drop_absent: bool, edge_aware: bool
+) -> list[SegmentationResult | CosaError]:
     """One batched call; if an image in it is bad, redo the chunk one by one to keep the good ones."""
+    options = {"tta": tta, "drop_absent": drop_absent, "edge_aware": edge_aware}
     try:
-        return list(seg.segment(list(chunk), tta=tta))
+        return list(seg.segment(list(chunk), **options))
     except CosaInputError:
         outcomes: list[SegmentationResult | CosaError] = []
         for path in chunk:
             try:
-                outcomes.append(seg.segment(path, tta=tta))
+                outcomes.append(seg.segment(path, **options))
             except CosaInputError as err:
                 outcomes.append(err)
         return outcomes
@@ -106,6 +109,9 @@ def segment_command(args: argparse.Namespace) -> int:
         raise CosaInputError(f"--out {out_dir} is a file; pass a folder for the masks")
     plan = plan_outputs(images, out_dir, overlay=args.overlay)
     seg = load(args.model, backend=args.backend, batch_size=args.batch_size)
+    # --drop-absent / --keep-absent; None (neither given) is the bundle's default. Checked before any output.
+    drop_absent = seg.drop_absent_setting(getattr(args, "drop_absent", None))
+    edge_aware = seg.edge_aware_setting(getattr(args, "edge_aware", None))  # --edge-aware / --bilinear, likewise
     out_dir.mkdir(parents=True, exist_ok=True)
 
     found: Counter = Counter()
@@ -115,9 +121,8 @@ def segment_command(args: argparse.Namespace) -> int:
     with _progress(len(images)) as bar:
         for first in range(0, len(images), args.batch_size):
             chunk = images[first : first + args.batch_size]
-            for path, (mask_path, overlay_path), outcome in zip(
-                chunk, plan[first : first + args.batch_size], _segment_chunk(seg, chunk, args.tta)
-            ):
+            outcomes = _segment_chunk(seg, chunk, args.tta, drop_absent, edge_aware)
+            for path, (mask_path, overlay_path), outcome in zip(chunk, plan[first : first + args.batch_size], outcomes):
                 if isinstance(outcome, CosaError):
                     failed += 1
                     print(f"skipped {path}: {outcome}", file=sys.stderr)
@@ -134,6 +139,13 @@ def segment_command(args: argparse.Namespace) -> int:
     seconds = time.perf_counter() - start
     print(_summary(found, len(records), failed, seconds, seg))
     if args.json_out:
-        summary = {"model": str(args.model), **seg.info(), "seconds": seconds, "images": records}
+        summary = {
+            "model": str(args.model),
+            **seg.info(),
+            "drop_absent": drop_absent,
+            "edge_aware": edge_aware,
+            "seconds": seconds,
+        }
+        summary["images"] = records
         Path(args.json_out).expanduser().write_text(json.dumps(summary, indent=2))
     return 1 if failed else 0

@@ -1,37 +1,52 @@
 """Redraw docs/images/sdk_overlay.jpg: the first six held-out benchmark images and their SDK overlays.
 
-Usage: python docs/make_overlay_picture.py [BUNDLE] [OUT]   (defaults: demo_out/bundle, the README's picture)
-Needs the bundle `make demo` wrote; the images are the benchmark's val split in file order (not picked).
+Usage: python docs/make_overlay_picture.py [BUNDLE] [OUT] [--data synthetic:version=3] [--drop-absent] [--edge-aware]
+(defaults: demo_out/bundle, the README's picture, the default benchmark). The images are the benchmark's val
+split in file order (not picked); the bundle must have been trained on the same benchmark.
 """
 
 from __future__ import annotations
 
-import sys
+import argparse
 from pathlib import Path
 
 from PIL import Image
 
 import cosa_sdk
-from cosa_sdk.training.data import ensure_synthetic
+from cosa_sdk.training.data import ensure_synthetic, parse_data_spec
 
 COUNT = 6
 CELL = 224
 
 
-def main(bundle: str = "demo_out/bundle", out: str = "docs/images/sdk_overlay.jpg") -> Path:
-    root = ensure_synthetic()
+def main(
+    bundle: str = "demo_out/bundle",
+    out: str = "docs/images/sdk_overlay.jpg",
+    data: str = "synthetic",
+    *,
+    drop_absent: bool | None = None,
+    edge_aware: bool | None = None,
+) -> Path:
+    root = ensure_synthetic(parse_data_spec(data).params)
     stems = (root / "val.txt").read_text().split()[:COUNT]
     sheet = Image.new("RGB", (CELL * COUNT, CELL * 2), "white")
     with cosa_sdk.load(bundle) as segmenter:
         for column, stem in enumerate(stems):
             image = Image.open(root / "images" / f"{stem}.jpg").convert("RGB")
-            overlay = segmenter.segment(image).overlay()
+            result = segmenter.segment(image, drop_absent=drop_absent, edge_aware=edge_aware)
             sheet.paste(image.resize((CELL, CELL)), (column * CELL, 0))
-            sheet.paste(overlay.resize((CELL, CELL)), (column * CELL, CELL))
+            sheet.paste(result.overlay().resize((CELL, CELL)), (column * CELL, CELL))
     sheet.save(out, quality=88)
     print(f"wrote {out}")
     return Path(out)
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:3])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("bundle", nargs="?", default="demo_out/bundle")
+    parser.add_argument("out", nargs="?", default="docs/images/sdk_overlay.jpg")
+    parser.add_argument("--data", default="synthetic", help="the synthetic benchmark the bundle was trained on")
+    parser.add_argument("--drop-absent", action="store_true", default=None)
+    parser.add_argument("--edge-aware", action="store_true", default=None)
+    args = parser.parse_args()
+    main(args.bundle, args.out, args.data, drop_absent=args.drop_absent, edge_aware=args.edge_aware)

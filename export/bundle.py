@@ -50,10 +50,12 @@ def bundle_config(
     onnx: dict[str, Any],
     metrics: dict[str, Any],
     int8: dict[str, Any] | None = None,
+    postprocess: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """cosa.json with every key listed in docs/contracts.md, "cosa.json" (contract keys, extras, `network`).
 
     int8: {artifact: {"weight_bits", "agreement", "min_agreement"}} for the INT8 files (the SDK picks by CPU).
+    postprocess: {"drop_absent": bool, "class_threshold": x}, the SDK's defaults for the class scores.
     """
     config: dict[str, Any] = {
         "format": BUNDLE_FORMAT,
@@ -80,17 +82,23 @@ def bundle_config(
         config["tta_scales"] = list(source.tta_scales)
     if int8:
         config["int8"] = dict(int8)
+    if postprocess is not None:
+        config["postprocess"] = dict(postprocess)
     return jsonable(config)
 
 
 def write_weights(stream: Any, path: str | Path) -> Path:
-    """The seg stream's weights (backbone.* + decoder.*) as safetensors: loadable without unpickling."""
+    """The seg stream's weights (backbone.*, decoder.*, classifier.*) as safetensors: loadable without unpickling."""
     from safetensors.torch import save_file
 
+    from cosa_sdk.training.model.network import STREAM_PREFIXES
+
     state = {k: v.detach().contiguous().cpu() for k, v in stream.state_dict().items()}
-    bad = [k for k in state if not k.startswith(("backbone.", "decoder."))]
+    bad = [k for k in state if not k.startswith(STREAM_PREFIXES)]
     if bad:
-        raise CosaModelError(f"unexpected tensors in the seg stream: {bad[:3]}; expected backbone.* and decoder.*")
+        raise CosaModelError(
+            f"unexpected tensors in the seg stream: {bad[:3]}; expected backbone.*, decoder.* and classifier.*"
+        )
     save_file(state, str(path), metadata={"format": "cosa-seg-stream", "created_by": f"cosa-sdk {__version__}"})
     return Path(path)
 

@@ -7,12 +7,15 @@ import logging
 import sys
 from typing import TextIO
 
+from cosa_sdk.export.parity import ParityReport
 from cosa_sdk.export.pipeline import ExportOptions, ExportResult, export_bundle
 from cosa_sdk.export.quantize import Int8Result, describe_attempts
 
 
 def options_from_args(args: argparse.Namespace) -> ExportOptions:
-    """ExportOptions from the parser of `cosa_sdk.cli._add_export`; unknown attributes keep their defaults."""
+    """ExportOptions from the parser of `cosa_sdk.cli._add_export`; unknown attributes keep their defaults
+    (`drop_absent` and `edge_aware`, from `--[no-]drop-absent` and `--[no-]edge-aware`, are cosa.json's
+    postprocess defaults)."""
     fields = ExportOptions.__dataclass_fields__
     return ExportOptions(**{name: getattr(args, name) for name in fields if hasattr(args, name)})
 
@@ -41,7 +44,7 @@ def report_lines(result: ExportResult) -> list[str]:
         f"input {height}x{width}{' (dynamic)' if result.onnx.dynamic else ''}"
     ]
     notes = {
-        "torch": "seg stream weights (backbone + decoder)",
+        "torch": "seg stream weights (backbone + decoder + CAM head)",
         "onnx": f"opset {result.onnx.opset}, {result.onnx.exporter} exporter"
         + (", dynamic batch/H/W" if result.onnx.dynamic else f", batch x 3 x {height} x {width}"),
     }
@@ -67,8 +70,15 @@ def report_lines(result: ExportResult) -> list[str]:
             f"argmax agreement {100 * p.agreement:.3f} % over {result.parity.images} images "
             f"({result.parity.source}), batch {batches}, size {sizes}"
         )
+        lines += class_score_lines(result.parity)
     else:
         lines.append("  parity fp32: skipped (--skip-parity)")
+    post = config.get("postprocess") or {}
+    if post:
+        lines.append(
+            f"  postprocess: drop_absent {'on' if post.get('drop_absent') else 'off'} by default "
+            f"(class threshold {post.get('class_threshold')}), edge_aware {'on' if post.get('edge_aware') else 'off'}"
+        )
     if result.int8 is not None:
         lines += int8_lines(result.int8, config["metrics"]["int8"])
     if "tensorrt" in config["metrics"]:
@@ -80,6 +90,17 @@ def report_lines(result: ExportResult) -> list[str]:
     lines += [f"  note: {note}" for note in result.onnx.notes]
     lines.append(f"bundle: {result.path}")
     return lines
+
+
+def class_score_lines(parity: ParityReport) -> list[str]:
+    """The class-score parity row, for graphs that have the output."""
+    scores = parity.class_scores
+    if scores is None:
+        return []
+    return [
+        f"  parity class scores: max |diff| {scores.max_abs_diff:.2e} (scale {scores.logit_scale:.3g}), "
+        f"present/absent agreement {100 * scores.agreement:.2f} %"
+    ]
 
 
 def int8_lines(q: Int8Result, metrics: dict) -> list[str]:
@@ -98,9 +119,10 @@ def int8_lines(q: Int8Result, metrics: dict) -> list[str]:
     here = timing.get("cpu", "")
     if timing.get("exact_kernels"):
         here += ", timed on exact u8 x u8 kernels: not the speed of a VNNI CPU"
+    classes = "" if q.class_agreement is None else f", class presence {100 * q.class_agreement:.2f} %"
     return [
         f"  int8: argmax agreement {100 * q.agreement:.2f} % vs fp32 (worse of {', '.join(parts)}; "
-        f"limit {100 * metrics.get('min_agreement', 0):g} %), {weights}",
+        f"limit {100 * metrics.get('min_agreement', 0):g} %{classes}), {weights}",
         f"  int8: speed-up {q.speedup:.2f}x ({q.fp32_ms:.1f} -> {q.int8_ms:.1f} ms, batch 1, "
         f"{timing.get('threads')} thread, this CPU: {here}); tried {describe_attempts(metrics.get('attempts', []))}",
     ]

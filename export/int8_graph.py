@@ -3,8 +3,10 @@ int8 operators). Graph inspection only: `export/quantize.py` runs the quantiser 
 
 - Only MatMul/Gemm and the dense Convs are quantised. LayerNormalization, Softmax, GELU (Erf) and the
   resizes stay fp32: they are cheap and sensitive. The first Conv (patch embedding / CNN stem, fed the
-  raw normalised image), depthwise Convs and the last Conv (the logits) also stay fp32: on the trained
-  CNN test model quantising the stem alone cost 4 points of argmax agreement.
+  raw normalised image), depthwise Convs and the Convs that make the outputs (the decoder's logits, the
+  CAM head's image-level class scores, `output_convs`) also stay fp32: on the trained CNN test model
+  quantising the stem alone cost 4 points of argmax agreement, and the class head is a 1x1 Conv on a
+  1x1 map, nothing to speed up.
 - For ONNX Runtime on CPUs (uint8 activations, static) two more groups stay fp32, found by op pattern:
   MatMuls with no constant input (attention's q @ k^T and softmax @ v: per-tensor uint8 probabilities
   and keys are the largest single error, yet ~6 % of a ViT's MACs), and the weighted MatMul/Gemm of
@@ -86,6 +88,23 @@ def first_block_matmuls(model: Any) -> list[str]:
     return first if later else []
 
 
+PASS_THROUGH_OPS = ("Resize", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Cast", "Transpose")
+
+
+def output_convs(model: Any) -> list[str]:
+    """The Convs that make the graph's outputs: followed back from each output through the data input
+    (input 0) of resizes and reshapes (`PASS_THROUGH_OPS`) to the node that computes it."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    found = []
+    for output in model.graph.output:
+        node = producers.get(output.name)
+        while node is not None and node.op_type in PASS_THROUGH_OPS and node.input:
+            node = producers.get(node.input[0])
+        if node is not None and node.op_type == "Conv" and node.name:
+            found.append(node.name)
+    return found
+
+
 def quantization_plan(model: Any, mode: str, *, ort_cpu: bool = True) -> tuple[list[str], list[str]]:
     """(op types to quantise, node names to keep fp32) for a graph; see the module docstring for why.
 
@@ -98,7 +117,7 @@ def quantization_plan(model: Any, mode: str, *, ort_cpu: bool = True) -> tuple[l
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     excluded = []
     if convs:
-        excluded += [convs[0].name, convs[-1].name]
+        excluded += [convs[0].name, convs[-1].name, *output_convs(model)]
         excluded += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     if ort_cpu and mode == "static":
         excluded += activation_matmuls(model) + first_block_matmuls(model)

@@ -1,4 +1,7 @@
-"""The seg stream as an ONNX graph: image (N, 3, H, W) normalised -> logits (N, K, H, W).
+"""The seg stream as an ONNX graph: image (N, 3, H, W) normalised -> logits (N, K, H, W), class_scores (N, C).
+
+`class_scores` are the CAM head's image-level logits from the same backbone pass (sigmoid > 0.5: present);
+`class_scores=False` writes the one-output graph of bundles exported before them.
 
 The batch dimension is always free. A fixed-size graph has a fixed height and width and folds the
 ViT's resized position embedding into a constant (the safe path for TensorRT); `dynamic=True` keeps
@@ -27,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
+SCORES_NAME = "class_scores"
 METADATA_KEY = "cosa.json"
 MIN_OPSET = 17
 DYNAMO_MIN_OPSET = 18
@@ -45,16 +49,23 @@ class OnnxExport:
     input_size: tuple[int, int]
     op_types: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    class_scores: bool = True
 
     def info(self) -> dict[str, Any]:
         """The cosa.json "onnx" entry."""
         return {
             "input": INPUT_NAME,
             "output": OUTPUT_NAME,
+            "outputs": output_names(class_scores=self.class_scores),
             "dynamic": self.dynamic,
             "opset": self.opset,
             "exporter": self.exporter,
         }
+
+
+def output_names(*, class_scores: bool) -> list[str]:
+    """The graph's outputs in order: logits, then the image-level class scores when exported."""
+    return [OUTPUT_NAME, SCORES_NAME] if class_scores else [OUTPUT_NAME]
 
 
 def pick_exporter(opset: int, exporter: str = "auto") -> str:
@@ -96,7 +107,7 @@ def _quiet():
     return stack
 
 
-def _export_dynamo(stream: Any, example: Any, *, opset: int, dynamic: bool) -> Any:
+def _export_dynamo(stream: Any, example: Any, *, opset: int, dynamic: bool, outputs: list[str]) -> Any:
     import torch
     from torch.export import Dim
 
@@ -110,7 +121,7 @@ def _export_dynamo(stream: Any, example: Any, *, opset: int, dynamic: bool) -> A
             dynamo=True,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_shapes={"images": dims},
             optimize=True,
             verbose=False,
@@ -136,12 +147,13 @@ def _fold_constants(model: Any) -> Any:
     return ir.serde.serialize_model(graph)
 
 
-def _export_torchscript(stream: Any, example: Any, *, opset: int, dynamic: bool) -> Any:
+def _export_torchscript(stream: Any, example: Any, *, opset: int, dynamic: bool, outputs: list[str]) -> Any:
     import onnx
     import torch
 
     names = dict(zip((0, 2, 3), DYNAMIC_DIM_NAMES)) if dynamic else {0: "batch"}
-    axes = {INPUT_NAME: names, OUTPUT_NAME: names}
+    axes = {INPUT_NAME: names, OUTPUT_NAME: names, SCORES_NAME: {0: "batch"}}
+    axes = {name: axes[name] for name in [INPUT_NAME, *outputs]}
     buffer = io.BytesIO()
     with _quiet():
         torch.onnx.export(
@@ -151,7 +163,7 @@ def _export_torchscript(stream: Any, example: Any, *, opset: int, dynamic: bool)
             dynamo=False,
             opset_version=opset,
             input_names=[INPUT_NAME],
-            output_names=[OUTPUT_NAME],
+            output_names=outputs,
             dynamic_axes=axes,
             do_constant_folding=True,
         )
@@ -159,31 +171,46 @@ def _export_torchscript(stream: Any, example: Any, *, opset: int, dynamic: bool)
     return _fold_constants(onnx.load_from_string(buffer.getvalue()))
 
 
-def _name_dims(model: Any, *, input_size: tuple[int, int], num_outputs: int, dynamic: bool) -> None:
-    """Readable symbolic dims (batch, height, width) everywhere, and the exact logits shape on the output.
+def expected_shapes(
+    *, input_size: tuple[int, int], num_outputs: int, dynamic: bool, class_scores: bool
+) -> dict[str, list[int | str]]:
+    """The bundle's I/O contract: tensor name -> shape, symbolic dims by name (docs/contracts.md, "ONNX graph")."""
+    spatial: list[int | str] = ["height", "width"] if dynamic else list(input_size)
+    shapes: dict[str, list[int | str]] = {
+        INPUT_NAME: ["batch", 3, *spatial],
+        OUTPUT_NAME: ["batch", num_outputs, *spatial],
+    }
+    if class_scores:
+        shapes[SCORES_NAME] = ["batch", num_outputs - 1]
+    return shapes
+
+
+def _name_dims(
+    model: Any, *, input_size: tuple[int, int], num_outputs: int, dynamic: bool, class_scores: bool = True
+) -> None:
+    """Readable symbolic dims (batch, height, width) everywhere, and the exact shapes on the outputs.
 
     The exporters name free dims after internal symbols ("s54") and sometimes leave output dims symbolic
     that are fixed (the channel count after a Resize); consumers such as TensorRT read these declarations.
     """
-    spatial: list[int | str] = ["height", "width"] if dynamic else list(input_size)
     dims = model.graph.input[0].type.tensor_type.shape.dim
     rename = {dims[p].dim_param: n for p, n in zip((0, 2, 3), DYNAMIC_DIM_NAMES) if dims[p].dim_param}
     for value in [*model.graph.input, *model.graph.output, *model.graph.value_info]:
         for dim in value.type.tensor_type.shape.dim:
             if dim.dim_param in rename:
                 dim.dim_param = rename[dim.dim_param]
-    for value, shape in (
-        (model.graph.input[0], ["batch", 3, *spatial]),
-        (model.graph.output[0], ["batch", num_outputs, *spatial]),
-    ):
-        for dim, want in zip(value.type.tensor_type.shape.dim, shape):
+    shapes = expected_shapes(input_size=input_size, num_outputs=num_outputs, dynamic=dynamic, class_scores=class_scores)
+    for value in [*model.graph.input, *model.graph.output]:
+        for dim, want in zip(value.type.tensor_type.shape.dim, shapes.get(value.name, [])):
             if isinstance(want, str):
                 dim.dim_param = want
             else:
                 dim.dim_value = want
 
 
-def check_graph(model: Any, *, input_size: tuple[int, int], num_outputs: int, dynamic: bool) -> Any:
+def check_graph(
+    model: Any, *, input_size: tuple[int, int], num_outputs: int, dynamic: bool, class_scores: bool = True
+) -> Any:
     """onnx.checker (full) + strict shape inference; the I/O contract of the bundle is asserted."""
     import onnx
 
@@ -194,13 +221,15 @@ def check_graph(model: Any, *, input_size: tuple[int, int], num_outputs: int, dy
         raise CosaModelError(f"the exported ONNX graph does not validate: {err}") from err
     inputs = [i.name for i in inferred.graph.input]
     outputs = [o.name for o in inferred.graph.output]
-    if inputs != [INPUT_NAME] or outputs != [OUTPUT_NAME]:
-        raise CosaModelError(f"the exported graph has inputs {inputs} and outputs {outputs}, expected image -> logits")
-    expected = ["batch", num_outputs, *(("height", "width") if dynamic else input_size)]
-    for value, want in ((inferred.graph.input[0], ["batch", 3, *expected[2:]]), (inferred.graph.output[0], expected)):
+    wanted = output_names(class_scores=class_scores)
+    if inputs != [INPUT_NAME] or outputs != wanted:
+        expected = f"{INPUT_NAME} -> {', '.join(wanted)}"
+        raise CosaModelError(f"the exported graph has inputs {inputs} and outputs {outputs}, expected {expected}")
+    shapes = expected_shapes(input_size=input_size, num_outputs=num_outputs, dynamic=dynamic, class_scores=class_scores)
+    for value in [*inferred.graph.input, *inferred.graph.output]:
         got = [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
-        if got != want:
-            raise CosaModelError(f"the exported {value.name!r} has shape {got}, expected {want}")
+        if got != shapes[value.name]:
+            raise CosaModelError(f"the exported {value.name!r} has shape {got}, expected {shapes[value.name]}")
     return inferred
 
 
@@ -213,8 +242,13 @@ def export_onnx(
     dynamic: bool = False,
     opset: int = DYNAMO_MIN_OPSET,
     exporter: str = "auto",
+    class_scores: bool = True,
 ) -> OnnxExport:
-    """Export the seg stream (eval mode, CPU) to `path` and validate the graph; returns what was written."""
+    """Export the seg stream (eval mode, CPU) to `path` and validate the graph; returns what was written.
+
+    class_scores: a second output with the CAM head's image-level logits (`stream` needs its classifier);
+    False writes the one-output graph of bundles exported before class scores.
+    """
     import onnx
     import torch
 
@@ -222,11 +256,12 @@ def export_onnx(
     path = Path(path)
     example = torch.zeros(2, 3, *input_size)  # a batch of 1 would let torch.export specialise the batch to 1
     notes: list[str] = []
-    stream = stream.eval()
+    stream = stream.class_score_view(class_scores).eval()
+    outputs = output_names(class_scores=class_scores)
     with _fixed_pos_embed(stream, None if dynamic else input_size), torch.no_grad():
         try:
             model = (_export_dynamo if chosen == "dynamo" else _export_torchscript)(
-                stream, example, opset=opset, dynamic=dynamic
+                stream, example, opset=opset, dynamic=dynamic, outputs=outputs
             )
         except Exception as err:
             if chosen != "dynamo":
@@ -237,13 +272,14 @@ def export_onnx(
             notes.append(f"dynamo exporter failed ({type(err).__name__}); used torchscript")
             chosen = "torchscript"
             try:
-                model = _export_torchscript(stream, example, opset=opset, dynamic=dynamic)
+                model = _export_torchscript(stream, example, opset=opset, dynamic=dynamic, outputs=outputs)
             except Exception as second:
                 raise CosaModelError(f"ONNX export failed with both exporters: {err}; then: {second}") from second
-    _name_dims(model, input_size=input_size, num_outputs=num_outputs, dynamic=dynamic)
+    graph = {"input_size": input_size, "num_outputs": num_outputs, "dynamic": dynamic, "class_scores": class_scores}
+    _name_dims(model, **graph)
     model.producer_name = "cosa-sdk"
     written_opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), opset)
-    check_graph(model, input_size=input_size, num_outputs=num_outputs, dynamic=dynamic)
+    check_graph(model, **graph)
     onnx.save_model(model, str(path))
     census = Counter(node.op_type for node in model.graph.node)
     return OnnxExport(
@@ -254,6 +290,7 @@ def export_onnx(
         input_size=input_size,
         op_types=dict(sorted(census.items())),
         notes=notes,
+        class_scores=class_scores,
     )
 
 

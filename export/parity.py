@@ -2,7 +2,8 @@
 
 Two numbers decide: the largest absolute logit difference relative to the logit scale, and the share
 of pixels whose argmax (the mask the user sees) agrees. Both are measured over several batch sizes
-and, for a dynamic graph, several input sizes.
+and, for a dynamic graph, several input sizes. A graph with image-level class scores is held to the
+same relative tolerance on them; how many present/absent decisions (sigmoid >= 0.5) agree is recorded.
 """
 
 from __future__ import annotations
@@ -51,6 +52,42 @@ class Comparison:
 
 
 @dataclass
+class ScoreComparison:
+    """Reference vs candidate image-level class logits (N, C), accumulated over batches."""
+
+    max_abs_diff: float = 0.0
+    logit_scale: float = 0.0
+    agreeing: int = 0
+    decisions: int = 0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray, *, threshold: float = 0.5) -> None:
+        if reference.shape != candidate.shape:
+            raise CosaModelError(
+                f"the exported graph returned class scores of shape {candidate.shape}, torch {reference.shape}"
+            )
+        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(reference - candidate).max(initial=0.0)))
+        self.logit_scale = max(self.logit_scale, float(np.abs(reference).max(initial=0.0)))
+        self.agreeing += int((present(reference, threshold) == present(candidate, threshold)).sum())
+        self.decisions += reference.size
+
+    @property
+    def agreement(self) -> float:
+        """Share of (image, class) present/absent decisions that agree."""
+        return self.agreeing / max(self.decisions, 1)
+
+    @property
+    def relative_diff(self) -> float:
+        return self.max_abs_diff / max(self.logit_scale, 1.0)
+
+
+def present(class_logits: np.ndarray, threshold: float = 0.5) -> np.ndarray:
+    """Which classes the classifier calls present: sigmoid(logit) >= threshold."""
+    from cosa_sdk.preprocess import sigmoid
+
+    return sigmoid(class_logits) >= threshold
+
+
+@dataclass
 class ParityReport:
     """The parity check's numbers, per case and overall, in the form cosa.json `metrics.parity` stores."""
 
@@ -58,9 +95,10 @@ class ParityReport:
     cases: list[dict[str, Any]] = field(default_factory=list)
     images: int = 0
     source: str = ""
+    class_scores: ScoreComparison | None = None  # None: a graph without the class-score output
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        metrics: dict[str, Any] = {
             "max_abs_diff": self.overall.max_abs_diff,
             "logit_scale": self.overall.logit_scale,
             "relative_diff": self.overall.relative_diff,
@@ -69,9 +107,21 @@ class ParityReport:
             "image_source": self.source,
             "cases": self.cases,
         }
+        if self.class_scores is not None:
+            metrics["class_scores"] = {
+                "max_abs_diff": self.class_scores.max_abs_diff,
+                "relative_diff": self.class_scores.relative_diff,
+                "presence_agreement": self.class_scores.agreement,
+            }
+        return metrics
 
     def passed(self, *, tolerance: float = FP32_TOLERANCE, min_agreement: float = FP32_MIN_AGREEMENT) -> bool:
-        return self.overall.relative_diff <= tolerance and self.overall.agreement >= min_agreement
+        logits_ok = self.overall.relative_diff <= tolerance and self.overall.agreement >= min_agreement
+        return logits_ok and self.scores_passed(tolerance=tolerance)
+
+    def scores_passed(self, *, tolerance: float = FP32_TOLERANCE) -> bool:
+        """The class scores (if any) within `tolerance` of torch, relative to their scale."""
+        return self.class_scores is None or self.class_scores.relative_diff <= tolerance
 
 
 def parity_sizes(input_size: tuple[int, int], stride: int, dynamic: bool) -> list[tuple[int, int]]:
@@ -107,11 +157,13 @@ def ort_session(path: str | Path, *, threads: int | None = None, exact_int8: boo
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
-def torch_logits(stream: Any, batch: np.ndarray) -> np.ndarray:
+def torch_outputs(stream: Any, batch: np.ndarray) -> list[np.ndarray]:
+    """The stream's outputs as the exported graph gives them: [logits] or [logits, class scores]."""
     import torch
 
     with torch.inference_mode():
-        return stream(torch.from_numpy(batch)).float().numpy()
+        out = stream(torch.from_numpy(batch))
+    return [t.float().numpy() for t in (out if isinstance(out, tuple) else (out,))]
 
 
 def check_parity(
@@ -131,17 +183,21 @@ def check_parity(
     name = session.get_inputs()[0].name
     overall = Comparison()
     cases = []
-    stream = stream.eval()
+    with_scores = len(session.get_outputs()) > 1
+    scores = ScoreComparison() if with_scores else None
+    stream = stream.class_score_view(with_scores).eval()
     for size in parity_sizes(input_size, stride, dynamic):
         pixels = prepare_batch(images.images, size, mean, std)
         for batch_size in batch_sizes:
             case = Comparison()
             for start in range(0, len(pixels) - batch_size + 1, batch_size):
                 batch = pixels[start : start + batch_size]
-                reference = torch_logits(stream, batch)
-                candidate = session.run(None, {name: batch})[0]
-                case.add(reference, candidate)
-                overall.add(reference, candidate)
+                reference = torch_outputs(stream, batch)
+                candidate = session.run(None, {name: batch})
+                case.add(reference[0], candidate[0])
+                overall.add(reference[0], candidate[0])
+                if scores is not None:
+                    scores.add(reference[1], candidate[1])
             cases.append(
                 {
                     "size": list(size),
@@ -150,7 +206,9 @@ def check_parity(
                     "argmax_agreement": case.agreement,
                 }
             )
-    return ParityReport(overall=overall, cases=cases, images=len(images.images), source=images.source)
+    return ParityReport(
+        overall=overall, cases=cases, images=len(images.images), source=images.source, class_scores=scores
+    )
 
 
 def verify_parity(
@@ -164,6 +222,13 @@ def verify_parity(
 ) -> ParityReport:
     """`check_parity`, raising CosaModelError with the numbers when the graph does not match torch."""
     report = check_parity(stream, onnx_path, images, **kwargs)
+    scores = report.class_scores
+    if scores is not None and not report.scores_passed(tolerance=tolerance):
+        raise CosaModelError(
+            f"the ONNX graph's class scores do not match torch: max |diff| {scores.max_abs_diff:.3g} (scale "
+            f"{scores.logit_scale:.3g}, limit {tolerance:g} relative). Nothing was written. Try another --opset; "
+            "if it persists, report it with the checkpoint's backbone name"
+        )
     if not report.passed(tolerance=tolerance, min_agreement=min_agreement):
         worst = max(report.cases, key=lambda c: c["max_abs_diff"])
         raise CosaModelError(

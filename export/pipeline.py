@@ -27,6 +27,7 @@ from cosa_sdk.export.onnx_export import INPUT_NAME, OUTPUT_NAME, OnnxExport, emb
 from cosa_sdk.export.parity import Comparison, ParityReport, ort_session, verify_parity
 from cosa_sdk.export.quantize import INT8_MIN_AGREEMENT, Int8Result, quantize_checked, quantize_int8
 from cosa_sdk.export.source import ExportSource, load_source
+from cosa_sdk.preprocess import CLASS_THRESHOLD
 
 logger = logging.getLogger(__name__)
 
@@ -53,6 +54,9 @@ class ExportOptions:
     calibration_images: int = 32
     int8_eval_images: int = 16
     int8_min_agreement: float = INT8_MIN_AGREEMENT
+    drop_absent: bool = False  # cosa.json postprocess.drop_absent: the SDK's default for segment(drop_absent=None)
+    class_threshold: float = CLASS_THRESHOLD
+    edge_aware: bool = False  # cosa.json postprocess.edge_aware: the SDK's default for segment(edge_aware=None)
 
 
 @dataclass
@@ -75,6 +79,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         raise CosaConfigError("--fp16 sets the precision of a TensorRT engine: add --tensorrt (ONNX stays fp32)")
     if options.calibration not in ("static", "dynamic"):
         raise CosaConfigError(f"--calibration {options.calibration!r}: use static or dynamic")
+    if not 0.0 < options.class_threshold < 1.0:
+        raise CosaConfigError(f"class_threshold {options.class_threshold} must be a probability between 0 and 1")
     if options.tensorrt:
         trt_logic.require_tensorrt()  # fail before minutes of work, not after
     source = load_source(checkpoint, network=options.network, input_size=options.input_size)
@@ -139,7 +145,14 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
             evaluation = prepare_batch(images.images, source.input_size, source.mean, source.std)
             metrics["tensorrt"] = _tensorrt(source, onnx, evaluation, calibration, stage / name, precision)
             artifacts["tensorrt"] = name
-        config = bundle_config(source, artifacts=artifacts, onnx=onnx.info(), metrics=metrics, int8=int8_entries)
+        config = bundle_config(
+            source,
+            artifacts=artifacts,
+            onnx=onnx.info(),
+            metrics=metrics,
+            int8=int8_entries,
+            postprocess=postprocess_entry(options),
+        )
         for key, name in artifacts.items():
             if key.startswith("onnx"):
                 embed_metadata(stage / name, config, artifact=key)
@@ -154,6 +167,16 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
         int8=int8,
         sizes=sizes,
     )
+
+
+def postprocess_entry(options: ExportOptions) -> dict[str, Any]:
+    """cosa.json "postprocess": whether the SDK, by default, drops the classes the classifier calls absent and
+    snaps the upsampled class maps to the image's edges."""
+    return {
+        "drop_absent": bool(options.drop_absent),
+        "class_threshold": float(options.class_threshold),
+        "edge_aware": bool(options.edge_aware),
+    }
 
 
 def _normalised(source: ExportSource, spec: str | None, count: int) -> np.ndarray:

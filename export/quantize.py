@@ -43,7 +43,7 @@ from cosa_sdk.export.int8_graph import (
     quantized_ops,
     weight_bits,
 )
-from cosa_sdk.export.parity import Comparison, ort_session
+from cosa_sdk.export.parity import Comparison, ScoreComparison, ort_session
 
 INT8_MIN_AGREEMENT = 0.98
 AGREEMENT_MARGIN = 0.005  # taken at once only this far above the limit: 16 images give a noisy estimate
@@ -67,6 +67,7 @@ class Int8Result:
     agreement: float = 0.0  # the gate's number: the worse of `agreements`
     agreements: dict[str, float] = field(default_factory=dict)  # "validation", "photos"
     max_abs_diff: float = 0.0
+    class_agreement: float | None = None  # present/absent decisions equal to fp32's (None: no class scores)
     fp32_ms: float = 0.0
     int8_ms: float = 0.0
     timing: dict[str, Any] = field(default_factory=dict)
@@ -96,6 +97,7 @@ class Int8Result:
             "argmax_agreement": self.agreement,
             "agreement": dict(self.agreements),
             "max_abs_diff": self.max_abs_diff,
+            **({} if self.class_agreement is None else {"class_agreement": self.class_agreement}),
             "fp32_ms": self.fp32_ms,
             "int8_ms": self.int8_ms,
             "speedup": self.speedup,
@@ -237,7 +239,8 @@ def measure_int8(
     threads: int = 1,
 ) -> Int8Result:
     """Argmax agreement of INT8 vs fp32 on the validation `images` and on `photos` (the gate takes the worse);
-    with `repeats`, batch-1 latencies too (interleaved).
+    with `repeats`, batch-1 latencies too (interleaved). Graphs with class scores also record how many
+    present/absent decisions agree (the worse set), outside the gate.
 
     8-bit weights run on ONNX Runtime's exact kernels when this CPU has no VNNI: the numbers are those of a
     VNNI CPU (where the SDK uses the file), never of saturated kernels.
@@ -248,14 +251,21 @@ def measure_int8(
     name = fp32.get_inputs()[0].name
     sets = {"validation": images} if photos is None else {"validation": images, "photos": photos}
     result.agreements, result.max_abs_diff = {}, 0.0
+    class_agreements = []
     for label, batch_set in sets.items():
-        comparison = Comparison()
+        comparison, scores = Comparison(), ScoreComparison()
         for start in range(len(batch_set)):
             batch = batch_set[start : start + 1]
-            comparison.add(fp32.run(None, {name: batch})[0], int8.run(None, {name: batch})[0])
+            reference, candidate = fp32.run(None, {name: batch}), int8.run(None, {name: batch})
+            comparison.add(reference[0], candidate[0])
+            if len(reference) > 1:
+                scores.add(reference[1], candidate[1])
         result.agreements[label] = comparison.agreement
         result.max_abs_diff = max(result.max_abs_diff, comparison.max_abs_diff)
+        if scores.decisions:
+            class_agreements.append(scores.agreement)
     result.agreement = min(result.agreements.values())
+    result.class_agreement = min(class_agreements) if class_agreements else None
     if repeats <= 0:
         return result
     one = images[:1]

@@ -6,6 +6,8 @@ only carries them out with the TensorRT 10 Python API: OnnxParser -> builder con
 precision flags, precision constraints on pinned layers) -> one optimisation profile ->
 `build_serialized_network` -> the IHostMemory bytes on disk. Engines are specific to the GPU model
 and TensorRT version they are built with; the ONNX graph stays the portable artifact.
+Every output of the graph becomes an output tensor of the engine (`logits`, and `class_scores` for
+bundles with image-level class scores); the class-score head is pinned to fp32 in reduced precision.
 """
 
 from __future__ import annotations
@@ -42,6 +44,8 @@ TRT10_ONNX_OPS = frozenset(_TRT10_OPS_TEXT.split())
 
 # The ops of a LayerNorm written out (opset < 17 or hand-made): mean, centre, square, variance, eps, root, divide.
 _LAYERNORM_CHAIN = ("ReduceMean", "Sub", "Pow", "ReduceMean", "Add", "Sqrt", "Div")
+SCORES_OUTPUT = "class_scores"
+_GLOBAL_POOLS = ("GlobalMaxPool", "ReduceMax", "MaxPool")
 
 
 @dataclass(frozen=True)
@@ -149,8 +153,28 @@ def check_tensorrt_graph(model: Any) -> None:
         )
 
 
+def graph_outputs(model: Any) -> list[str]:
+    """The graph's output names, in order: the engine's output tensors must be the same."""
+    return [value.name for value in model.graph.output]
+
+
+def class_score_nodes(model: Any) -> list[str]:
+    """The nodes of the image-level class-score head: from the `class_scores` output back through input 0
+    to its global max pool (pool, 1x1 Conv, Flatten); [] for a graph without the output."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    node = producers.get(SCORES_OUTPUT) if SCORES_OUTPUT in graph_outputs(model) else None
+    names = []
+    while node is not None:
+        names.append(node.name)
+        if node.op_type in _GLOBAL_POOLS or not node.input:
+            break
+        node = producers.get(node.input[0])
+    return names if node is not None else []
+
+
 def fp32_pinned_nodes(model: Any, *, pin_softmax: bool = False) -> list[str]:
-    """ONNX nodes to keep fp32 in a reduced-precision engine: every LayerNorm, written as one node or as a chain.
+    """ONNX nodes to keep fp32 in a reduced-precision engine: every LayerNorm, written as one node or as a chain,
+    and the class-score head (its logits decide present/absent at 0, where fp16 rounding would flip them).
 
     In fp16 the variance of a LayerNorm overflows (squares of activations in the hundreds) and the
     mean/variance reductions lose precision; the other layers are fine in fp16. Softmax is optional.
@@ -164,6 +188,7 @@ def fp32_pinned_nodes(model: Any, *, pin_softmax: bool = False) -> list[str]:
         pinned += [n.name for n in model.graph.node if n.op_type == "Softmax"]
     for start in (n for n in model.graph.node if n.op_type == "ReduceMean"):
         pinned += _layernorm_chain(start, consumers)
+    pinned += class_score_nodes(model)
     return list(dict.fromkeys(pinned))
 
 
@@ -237,6 +262,12 @@ def build_engine(
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise CosaModelError(f"TensorRT's ONNX parser rejected {onnx_path}: {errors}")
+    outputs = [network.get_output(i).name for i in range(network.num_outputs)]
+    if outputs != graph_outputs(model):
+        raise CosaModelError(
+            f"TensorRT's network from {onnx_path} has outputs {outputs}, the graph {graph_outputs(model)}; "
+            "re-export the ONNX graph with `cosa export`"
+        )
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     for flag in builder_flags(precision):
@@ -251,6 +282,7 @@ def build_engine(
     Path(out_path).write_bytes(bytes(serialized))
     return {
         "precision": precision,
+        "outputs": outputs,
         "profile": profile.as_dict(),
         "fp32_layers": kept,
         "tensorrt_version": trt.__version__,

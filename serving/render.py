@@ -14,6 +14,8 @@ from cosa_sdk.result import SegmentationResult
 from .uploads import UploadError
 
 MASK_CHOICES = ("none", "png", "rle")
+TRUE_WORDS = ("true", "1", "yes", "on")
+FALSE_WORDS = ("false", "0", "no", "off")
 JPEG_QUALITY = 90
 
 
@@ -41,6 +43,20 @@ def mask_encoding(form_value: str | None, query_value: str | None) -> str | None
     return None if value == "none" else value
 
 
+def drop_absent_option(form_value: str | bool | None, query_value: str | None) -> bool | None:
+    """The `drop_absent` option of the image routes (form field first, then query string): True, False or
+    None (not given: the bundle's default)."""
+    raw = form_value if form_value not in (None, "") else query_value
+    if raw in (None, ""):
+        return None
+    if isinstance(raw, bool):
+        return raw
+    value = raw.strip().lower()
+    if value not in TRUE_WORDS + FALSE_WORDS:
+        raise UploadError(400, f"drop_absent={raw!r} is not an option; use true or false (or leave it out)")
+    return value in TRUE_WORDS
+
+
 def mask_png(result: SegmentationResult) -> bytes:
     """The palette ("P") PNG whose pixel values are class indices, at the upload's size."""
     buffer = io.BytesIO()
@@ -60,7 +76,8 @@ def overlay_jpeg(result: SegmentationResult, alpha: float) -> bytes:
 
 
 def summary(result: SegmentationResult, *, model_name: str, mask: str | None, total_s: float) -> dict[str, Any]:
-    """JSON summary: model, size, present classes with pixel fractions, backend, timings, optional mask."""
+    """JSON summary: model, size, present classes with pixel fractions, backend, timings, class scores when the
+    model gives them, optional mask."""
     body = result.to_dict(mask=mask)  # type: ignore[arg-type]
     body["timings"]["total"] = round(total_s, 6)
     return {"model": model_name, **body}

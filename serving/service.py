@@ -6,10 +6,13 @@ cosa_sdk.serving.service:CosaSegmentation`. All settings come from environment v
 
 Split of work: the API service checks and decodes each upload (so hostile bytes never reach the
 model) and renders the answer; `CosaModel.infer` is BentoML's batchable API, so concurrent requests
-reach the model in batches of up to COSA_MAX_BATCH_SIZE. In front of the batcher each API worker keeps
-an admission queue (`traffic.AdmissionQueue`): a burst waits in line instead of being refused; only a
-request that the measured throughput could not serve within COSA_MAX_LATENCY_MS (or past
-COSA_MAX_QUEUE) gets a 503 with Retry-After. The model is loaded once per model worker.
+reach the model in batches of up to COSA_MAX_BATCH_SIZE. A request's `drop_absent` option that differs
+from the bundle's default goes to `infer_drop_absent` / `infer_keep_absent`, batchable APIs of their own
+(BentoML batches one argument only, so the option cannot ride along with each image).
+In front of the batcher each API worker keeps an admission queue (`traffic.AdmissionQueue`): a burst
+waits in line instead of being refused; only a request that the measured throughput could not serve
+within COSA_MAX_LATENCY_MS (or past COSA_MAX_QUEUE) gets a 503 with Retry-After. The model is loaded
+once per model worker.
 """
 
 from __future__ import annotations
@@ -37,14 +40,18 @@ from cosa_sdk.result import SegmentationResult
 from .docs import docs_app
 from .guard import UploadGuard, error_response
 from .page import page_app
-from .render import HFSegment, hf_segments, mask_encoding, mask_png, overlay_jpeg, summary
+from .render import HFSegment, drop_absent_option, hf_segments, mask_encoding, mask_png, overlay_jpeg, summary
 from .settings import ENV_MODEL, ServeSettings, read_settings
 from .traffic import AdmissionQueue, GetAlias, QueueFull
 from .uploads import UploadError, decode_upload
 
 SETTINGS = read_settings()
 IMAGE_ROUTES = ("/segment", "/segment_json", "/segment_hf", "/overlay")
-PUBLIC_INFO_KEYS = ("name", "classes", "palette", "input_size", "backend", "device", "dynamic", "tta_sizes", "notes")
+PUBLIC_INFO_KEYS = (
+    "name", "classes", "palette", "input_size", "backend", "device", "dynamic", "tta_sizes", "notes",
+    "has_class_scores", "postprocess",
+)  # fmt: skip
+INFER_APIS = {None: "infer", True: "infer_drop_absent", False: "infer_keep_absent"}
 DEFAULT_BUNDLE_DIR = "bundle"
 MODEL_CALL_ATTEMPTS = 3
 READ_ONLY_ROUTES = ("/info",)  # also answered on GET (BentoML routes APIs as POST only)
@@ -117,11 +124,26 @@ class CosaModel:
         self.segmenter = load_segmenter(read_settings())
         self.seconds_per_image = time_one_image(self.segmenter)
 
+    def _infer(self, images: list[np.ndarray], drop_absent: bool | None) -> list[dict[str, Any]]:
+        size = max(1, len(images))
+        results = self.segmenter.segment(list(images), keep_image=False, batch_size=size, drop_absent=drop_absent)
+        return [{"mask": r.mask, "timings": r.timings, "class_scores": r.class_scores} for r in results]
+
     @_model_api
     def infer(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
-        """Masks (at each image's size) and SDK timings for decoded HxWx3 uint8 RGB images, in order."""
-        results = self.segmenter.segment(list(images), keep_image=False, batch_size=max(1, len(images)))
-        return [{"mask": result.mask, "timings": result.timings} for result in results]
+        """Masks (at each image's size), SDK timings and class scores (None without them) for decoded HxWx3
+        uint8 RGB images, in order; absent classes dropped as the bundle's postprocess.drop_absent says."""
+        return self._infer(images, None)
+
+    @_model_api
+    def infer_drop_absent(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """`infer` with the classes the classifier calls absent dropped (needs a model with class scores)."""
+        return self._infer(images, True)
+
+    @_model_api
+    def infer_keep_absent(self, images: list[np.ndarray]) -> list[dict[str, Any]]:
+        """`infer` with every class allowed, whatever the bundle's default."""
+        return self._infer(images, False)
 
     @bentoml.api
     def info(self) -> dict[str, Any]:
@@ -134,6 +156,14 @@ class CosaModel:
     @bentoml.on_shutdown
     def close(self) -> None:
         self.segmenter.close()
+
+
+def _drop_absent(form_value: str | bool | None, ctx: bentoml.Context) -> bool | None:
+    """A request's drop_absent option (form field, else query parameter); UploadError 400 when malformed.
+
+    BentoML reads form values as JSON first, so "true" arrives as a bool and "maybe" as a string.
+    """
+    return drop_absent_option(form_value, ctx.request.query_params.get("drop_absent"))
 
 
 def _answer_errors(func: F) -> F:
@@ -219,10 +249,23 @@ class CosaSegmentation:
                 logger.info("model call %s: retrying after %s", name, type(err).__name__)
         raise AssertionError("unreachable")
 
-    async def _segment(self, image: Path) -> tuple[SegmentationResult, float]:
+    def _infer_api(self, info: dict[str, Any], drop_absent: bool | None) -> str:
+        """The model API for a request's drop_absent option: `infer` when it is the bundle's default."""
+        if drop_absent is None or drop_absent == info["postprocess"]["drop_absent"]:
+            return INFER_APIS[None]
+        if drop_absent and not info["has_class_scores"]:
+            raise UploadError(
+                400,
+                "drop_absent=true needs the classifier's class scores and this model has none (exported before "
+                "they existed); re-export the bundle with `cosa export`, or leave drop_absent out",
+            )
+        return INFER_APIS[drop_absent]
+
+    async def _segment(self, image: Path, drop_absent: bool | None = None) -> tuple[SegmentationResult, float]:
         """Decode the upload, run it through the model worker, rebuild the SDK result (with the image)."""
         start = time.perf_counter()
         info = await self._info()  # before the first admission: it carries the first throughput estimate
+        api = self._infer_api(info, drop_absent)
         async with self.queue.admit() as admitted_at:  # QueueFull (503, Retry-After) when the queue is full
             data = await anyio.to_thread.run_sync(image.read_bytes)
             decoded = await anyio.to_thread.run_sync(
@@ -233,7 +276,7 @@ class CosaSegmentation:
             decode_s = time.perf_counter() - start
             async with self.queue.model_slot():  # FIFO: at most settings.model_slots requests in the model
                 deadline = admitted_at + self.queue.budget_s
-                (output,) = await self._call_model("infer", [np.asarray(decoded)], deadline=deadline)
+                (output,) = await self._call_model(api, [np.asarray(decoded)], deadline=deadline)
         result = SegmentationResult(
             mask=output["mask"],
             classes=list(info["classes"]),
@@ -241,25 +284,34 @@ class CosaSegmentation:
             backend=info["backend"],
             timings={**output["timings"], "decode": decode_s},
             image=decoded,
+            class_scores=output.get("class_scores"),
         )
         return result, start
 
     @bentoml.api
     @_answer_errors
-    async def segment(self, image: Path) -> Image.Image:
-        """The mask as a palette PNG at the upload's size: pixel value = class index (see /info)."""
-        result, _ = await self._segment(image)
+    async def segment(self, image: Path, drop_absent: str | bool | None = None, *, ctx: bentoml.Context) -> Image.Image:
+        """The mask as a palette PNG at the upload's size: pixel value = class index (see /info).
+
+        `drop_absent` (form field or query parameter, on every image route): "true" lets a pixel take only
+        background or a class the classifier scores present, "false" any class; left out, the bundle's default.
+        """
+        result, _ = await self._segment(image, _drop_absent(drop_absent, ctx))
         return Response(await anyio.to_thread.run_sync(mask_png, result), media_type="image/png")
 
     @bentoml.api
     @_answer_errors
-    async def segment_json(self, image: Path, mask: str = "", *, ctx: bentoml.Context) -> dict[str, Any]:
-        """Present classes with pixel fractions, size, model, backend and timings.
+    async def segment_json(
+        self, image: Path, mask: str = "", drop_absent: str | bool | None = None, *, ctx: bentoml.Context
+    ) -> dict[str, Any]:
+        """Present classes with pixel fractions, size, model, backend, timings, and `class_scores` (the
+        classifier's probability per class) when the model gives them.
 
         `mask` (form field or query parameter): "none" (default), "png" (base64 palette PNG) or "rle".
+        `drop_absent`: as for /segment.
         """
         encoding = mask_encoding(mask, ctx.request.query_params.get("mask"))
-        result, start = await self._segment(image)
+        result, start = await self._segment(image, _drop_absent(drop_absent, ctx))
         info = await self._info()
         return await anyio.to_thread.run_sync(
             functools.partial(
@@ -269,22 +321,26 @@ class CosaSegmentation:
 
     @bentoml.api
     @_answer_errors
-    async def segment_hf(self, image: Path) -> list[HFSegment]:
+    async def segment_hf(
+        self, image: Path, drop_absent: str | bool | None = None, *, ctx: bentoml.Context
+    ) -> list[HFSegment]:
         """Hugging Face `image-segmentation` output: `[{"score": null, "label": ..., "mask": ...}]`.
 
         One entry per class present, background included, in class-index order; `mask` is a
         base64-encoded PNG ("L" mode, the upload's size, 255 where the class is, 0 elsewhere), as the
         Hugging Face Inference API sends it. `cosa_sdk.result.decode_hf` turns the list into what
-        `pipeline("image-segmentation")` returns (masks as PIL images).
+        `pipeline("image-segmentation")` returns (masks as PIL images). `drop_absent`: as for /segment.
         """
-        result, _ = await self._segment(image)
+        result, _ = await self._segment(image, _drop_absent(drop_absent, ctx))
         return await anyio.to_thread.run_sync(hf_segments, result)
 
     @bentoml.api
     @_answer_errors
-    async def overlay(self, image: Path, alpha: float = 0.5) -> Image.Image:
-        """The upload with class colours blended in at `alpha` (0-1), as JPEG."""
-        result, _ = await self._segment(image)
+    async def overlay(
+        self, image: Path, alpha: float = 0.5, drop_absent: str | bool | None = None, *, ctx: bentoml.Context
+    ) -> Image.Image:
+        """The upload with class colours blended in at `alpha` (0-1), as JPEG. `drop_absent`: as for /segment."""
+        result, _ = await self._segment(image, _drop_absent(drop_absent, ctx))
         body = await anyio.to_thread.run_sync(overlay_jpeg, result, alpha)
         return Response(body, media_type="image/jpeg")
 

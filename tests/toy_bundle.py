@@ -8,6 +8,12 @@ upsample back to the input size, so its logits behave like a SegmentationStream'
 `with_torch=True` instead builds a tiny random `SegmentationStream` (needs `training/model/network.py`)
 and writes it as both model.safetensors and model.onnx, so the torch and ONNX backends can be
 compared; its masks carry no colour meaning.
+
+`class_scores=True` gives the graph its second output, the image-level class logits (N, C): for the
+colour model the largest coarse logit of each class less `SCORE_MARGIN` (so a clearly coloured 4x4 cell
+makes its class present, while a faint one still takes pixels but is scored absent: what `drop_absent`
+removes); for the torch stream its CAM head. Without it the bundle is the one-output kind exported
+before class scores (and the torch stream's safetensors lack `classifier.*`, as such bundles do).
 """
 
 from __future__ import annotations
@@ -56,6 +62,18 @@ class ColourNet(nn.Module):
         return F.interpolate(coarse, size=images.shape[-2:], mode="bilinear", align_corners=False)
 
 
+SCORE_MARGIN = 0.25
+
+
+class ScoredColourNet(ColourNet):
+    """ColourNet that also returns image-level class logits: each class's largest coarse logit less SCORE_MARGIN."""
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        coarse = F.avg_pool2d(self.conv(images), self.pool, ceil_mode=True)
+        logits = F.interpolate(coarse, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        return logits, coarse[:, 1:].amax(dim=(2, 3)) - SCORE_MARGIN
+
+
 class BusyColourNet(ColourNet):
     """ColourNet plus a stack of wide convolutions whose output barely touches the logits.
 
@@ -74,9 +92,24 @@ class BusyColourNet(ColourNet):
         return super().forward(images) + 1e-6 * torch.tanh(noise)
 
 
+def output_names(class_scores: bool) -> list[str]:
+    return ["logits", "class_scores"] if class_scores else ["logits"]
+
+
 def bundle_config(
-    classes: Sequence[str], input_size: Sequence[int], *, dynamic: bool, artifacts: dict[str, str]
+    classes: Sequence[str],
+    input_size: Sequence[int],
+    *,
+    dynamic: bool,
+    artifacts: dict[str, str],
+    class_scores: bool = False,
+    drop_absent: bool | None = None,
 ) -> dict[str, Any]:
+    """cosa.json; `drop_absent` None leaves "postprocess" out (as bundles exported before it)."""
+    onnx_entry: dict[str, Any] = {"input": "image", "output": "logits", "dynamic": dynamic, "opset": 17}
+    if class_scores:
+        onnx_entry["outputs"] = output_names(True)
+    postprocess = {} if drop_absent is None else {"postprocess": {"drop_absent": drop_absent, "class_threshold": 0.5}}
     return {
         "format": "cosa-bundle",
         "version": 1,
@@ -90,8 +123,9 @@ def bundle_config(
         "patch_size": 8,
         "tta_scales": [1.0, 0.5, 1.5, 0.75, 1.25],
         "artifacts": artifacts,
-        "onnx": {"input": "image", "output": "logits", "dynamic": dynamic, "opset": 17},
+        "onnx": onnx_entry,
         "created_by": "tests/toy_bundle.py",
+        **postprocess,
     }
 
 
@@ -103,24 +137,26 @@ def export_onnx(
     dynamic: bool,
     metadata: str,
     fixed_batch: int | None = None,
+    class_scores: bool = False,
 ) -> None:
     """Export with the TorchScript exporter (opset 17) and store cosa.json in metadata_props.
 
     dynamic: height and width are free. The batch axis is free unless `fixed_batch` is given.
+    class_scores: the model returns (logits, class logits), written as a second output.
     """
     import onnx
 
     example = torch.zeros(fixed_batch or 1, 3, *input_size)
     spatial = {2: "height", 3: "width"} if dynamic else {}
     batch = {} if fixed_batch else {0: "batch"}
-    axes = {"image": {**batch, **spatial}, "logits": {**batch, **spatial}}
+    axes = {"image": {**batch, **spatial}, "logits": {**batch, **spatial}, "class_scores": batch}
     torch.onnx.export(
         model.eval(),
         (example,),
         str(path),
         input_names=["image"],
-        output_names=["logits"],
-        dynamic_axes=axes,
+        output_names=output_names(class_scores),
+        dynamic_axes={name: axes[name] for name in ["image", *output_names(class_scores)]},
         opset_version=17,
         dynamo=False,
     )
@@ -140,10 +176,14 @@ def make_toy_bundle(
     with_torch: bool = False,
     fixed_batch: int | None = None,
     busy: bool = False,
+    class_scores: bool = False,
+    drop_absent: bool | None = None,
 ) -> Path:
     """Write a bundle folder at `path` (created) and return it.
 
     busy: the colour model with a slow, negligible extra branch (`BusyColourNet`).
+    class_scores: a second graph output with image-level class logits (see the module docstring);
+    drop_absent: cosa.json's postprocess.drop_absent (None: no "postprocess" key).
 
     dynamic: free height and width (for multi-scale TTA); otherwise a fixed input size. The batch
     axis is free unless `fixed_batch` is given.
@@ -159,17 +199,29 @@ def make_toy_bundle(
 
         torch.manual_seed(0)
         classes = ("background", "thing", "other")
-        model: nn.Module = SegmentationStream.from_config(TINY_STREAM_CONFIG).eval()
-        save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(root / "model.safetensors"))
+        stream = SegmentationStream.from_config(TINY_STREAM_CONFIG).eval()
+        state = {k: v.contiguous() for k, v in stream.state_dict().items()}
+        if not class_scores:  # as bundles exported before class scores: backbone and decoder only
+            state = {k: v for k, v in state.items() if not k.startswith("classifier.")}
+        save_file(state, str(root / "model.safetensors"))
         artifacts["torch"] = "model.safetensors"
         extra["model_config"] = TINY_STREAM_CONFIG
+        model: nn.Module = stream.class_score_view(class_scores)
+    elif busy:
+        model = BusyColourNet(len(classes))
     else:
-        model = BusyColourNet(len(classes)) if busy else ColourNet(len(classes))
+        model = ScoredColourNet(len(classes)) if class_scores else ColourNet(len(classes))
     if int8:
         artifacts["onnx_int8"] = "model.int8.onnx"
-    config = {**bundle_config(classes, input_size, dynamic=dynamic, artifacts=artifacts), **extra}
+    scoring = {"class_scores": class_scores}
+    config = {
+        **bundle_config(classes, input_size, dynamic=dynamic, artifacts=artifacts, drop_absent=drop_absent, **scoring),
+        **extra,
+    }
     text = json.dumps(config, indent=2)
-    export_onnx(model, root / "model.onnx", input_size, dynamic=dynamic, metadata=text, fixed_batch=fixed_batch)
+    export_onnx(
+        model, root / "model.onnx", input_size, dynamic=dynamic, metadata=text, fixed_batch=fixed_batch, **scoring
+    )
     if int8:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 

@@ -101,7 +101,7 @@ def train_command(args: argparse.Namespace) -> int:
 def eval_command(args: argparse.Namespace) -> int:
     from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
     from cosa_sdk.training.engine.distributed import resolve_device
-    from cosa_sdk.training.evaluation.evaluate import evaluate, format_scores
+    from cosa_sdk.training.evaluation.evaluate import VARIANTS, evaluate, format_scores
     from cosa_sdk.training.run_record import RunRecord
 
     record = load_checkpoint(args.checkpoint)
@@ -127,6 +127,7 @@ def eval_command(args: argparse.Namespace) -> int:
         with_cams=weak,
         class_names=list(run.classes),
         cam_threshold=run.cam_threshold,
+        variants=VARIANTS if getattr(args, "postprocess", False) else (),
     )
     print(format_scores(scores))
     if args.json_out:

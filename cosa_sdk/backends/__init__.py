@@ -197,6 +197,7 @@ def _open_int8(bundle: Bundle, choice: Int8Choice, *, threads: int | None) -> On
         name="onnxruntime-int8",
         input_name=bundle.onnx.input,
         output_name=bundle.onnx.output,
+        scores_name=bundle.onnx.class_scores,
         # quantised graphs are a CPU format; the CUDA provider would fall back op by op
         providers=[CPU],
         threads=threads,
@@ -242,6 +243,7 @@ def _open_onnxruntime(bundle: Bundle, options: BackendOptions) -> Backend:
         name="onnxruntime",
         input_name=bundle.onnx.input,
         output_name=bundle.onnx.output,
+        scores_name=bundle.onnx.class_scores,
         providers=options.providers,
         threads=options.threads,
     )
@@ -259,7 +261,12 @@ def _open_onnxruntime_int8(bundle: Bundle, options: BackendOptions) -> Backend:
 def _open_tensorrt(bundle: Bundle, options: BackendOptions) -> Backend:
     from cosa_sdk.backends.tensorrt import TensorRTBackend
 
-    return TensorRTBackend(bundle.artifact("tensorrt"), input_name=bundle.onnx.input, output_name=bundle.onnx.output)
+    return TensorRTBackend(
+        bundle.artifact("tensorrt"),
+        input_name=bundle.onnx.input,
+        output_name=bundle.onnx.output,
+        scores_name=bundle.onnx.class_scores,
+    )
 
 
 def _tensorrt_unavailable() -> str | None:

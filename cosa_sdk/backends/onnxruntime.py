@@ -82,6 +82,7 @@ class OnnxRuntimeBackend(Backend):
         name: str = "onnxruntime",
         input_name: str = "image",
         output_name: str = "logits",
+        scores_name: str | None = "class_scores",
         providers: Sequence[str] | None = None,
         threads: int | None = None,
         exact_int8: bool = False,
@@ -110,18 +111,31 @@ class OnnxRuntimeBackend(Backend):
         self.fixed_size = (spatial[0], spatial[1]) if all(isinstance(s, int) for s in spatial) else None
         out_shape = list(graph_output.shape)
         self.num_outputs = out_shape[1] if len(out_shape) == 4 and isinstance(out_shape[1], int) else None
+        names = [o.name for o in self.session.get_outputs()]
+        self.scores_name = scores_name if scores_name in names and scores_name != self.output_name else None
+        self.has_class_scores = self.scores_name is not None
 
     @property
     def metadata(self) -> dict[str, str]:
         return dict(self.session.get_modelmeta().custom_metadata_map)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        (logits,) = self._run([self.output_name], batch)
+        return logits
+
+    def run_with_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.scores_name is None:
+            return self.run(batch), None
+        logits, scores = self._run([self.output_name, self.scores_name], batch)
+        return logits, scores
+
+    def _run(self, names: list[str], batch: np.ndarray) -> list[np.ndarray]:
         feed = {self.input_name: batch.astype(self.input_dtype, copy=False)}
         try:
-            (logits,) = self.session.run([self.output_name], feed)
+            outputs = self.session.run(names, feed)
         except Exception as err:  # ORT raises its own pybind exception types
             raise CosaModelError(f"ONNX Runtime failed on a {tuple(batch.shape)} batch: {err}") from err
-        return logits.astype(np.float32, copy=False)
+        return [output.astype(np.float32, copy=False) for output in outputs]
 
     def describe(self) -> dict[str, object]:
         info: dict[str, object] = {**super().describe(), "providers": self.providers, "path": str(self.path)}

@@ -3,6 +3,8 @@
 Device buffers come from torch when it has CUDA, else from cuda-python (`cuda.bindings.runtime`).
 Engines are specific to a GPU model and TensorRT version; the bundle keeps ONNX as the portable
 artifact. One execution context serves all threads under a lock (contexts are not thread-safe).
+Every output tensor of the engine gets a device buffer (TensorRT needs an address for each before it
+runs); `logits` come back from `run`, and `class_scores` too from `run_with_scores` when the engine has them.
 """
 
 from __future__ import annotations
@@ -141,7 +143,14 @@ def _memory() -> _TorchMemory | _CudaPythonMemory:
 class TensorRTBackend(Backend):
     """A deserialized engine with one optimisation profile (profile 0)."""
 
-    def __init__(self, path: str | Path, *, input_name: str = "image", output_name: str = "logits") -> None:
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        input_name: str = "image",
+        output_name: str = "logits",
+        scores_name: str | None = "class_scores",
+    ) -> None:
         reason = unavailable_reason()
         if reason is not None:
             raise CosaModelError(f"the TensorRT backend cannot run here: {reason}; use backend='onnxruntime'")
@@ -163,13 +172,16 @@ class TensorRTBackend(Backend):
         outputs = [n for n in names if self.engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
         self.input_name = input_name if input_name in inputs else inputs[0]
         self.output_name = output_name if output_name in outputs else outputs[0]
+        self.scores_name = scores_name if scores_name in outputs and scores_name != self.output_name else None
+        self.has_class_scores = self.scores_name is not None
+        self.output_names = outputs
         low, _, high = (tuple(int(d) for d in s) for s in self.engine.get_tensor_profile_shape(self.input_name, 0))
         self._low, self._high = low, high
         self.fixed_batch = low[0] if low[0] == high[0] else None
         self.max_batch = high[0]
         self.fixed_size = (low[2], low[3]) if low[2:] == high[2:] else None
         self.input_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
-        self.output_dtype = np.dtype(trt.nptype(self.engine.get_tensor_dtype(self.output_name)))
+        self.output_dtypes = {n: np.dtype(trt.nptype(self.engine.get_tensor_dtype(n))) for n in outputs}
         self.context = self.engine.create_execution_context()
         self.memory = _memory()
         self._lock = threading.Lock()
@@ -178,6 +190,14 @@ class TensorRTBackend(Backend):
         return self._low[2] <= height <= self._high[2] and self._low[3] <= width <= self._high[3]
 
     def run(self, batch: np.ndarray) -> np.ndarray:
+        return self._execute(batch)[self.output_name]
+
+    def run_with_scores(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
+        outputs = self._execute(batch)
+        return outputs[self.output_name], outputs[self.scores_name] if self.scores_name else None
+
+    def _execute(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        """Every output tensor of the engine for one batch, as float32 host arrays."""
         host = np.ascontiguousarray(batch, dtype=self.input_dtype)
         with self._lock:
             if not self.context.set_input_shape(self.input_name, tuple(host.shape)):
@@ -185,16 +205,19 @@ class TensorRTBackend(Backend):
                     f"the TensorRT engine does not accept a {tuple(host.shape)} batch "
                     f"(its profile covers {self._low} to {self._high}); rebuild it with a wider profile"
                 )
-            out_shape = tuple(int(d) for d in self.context.get_tensor_shape(self.output_name))
             source, source_ptr = self.memory.upload(host)
-            target, target_ptr = self.memory.empty(out_shape, self.output_dtype)
+            targets: dict[str, Any] = {}
             try:
                 self.context.set_tensor_address(self.input_name, source_ptr)
-                self.context.set_tensor_address(self.output_name, target_ptr)
+                for name in self.output_names:
+                    shape = tuple(int(d) for d in self.context.get_tensor_shape(name))
+                    targets[name], pointer = self.memory.empty(shape, self.output_dtypes[name])
+                    self.context.set_tensor_address(name, pointer)
                 if not self.context.execute_async_v3(self.memory.stream_handle):
                     raise CosaModelError(f"TensorRT failed to run {self.path} on a {tuple(host.shape)} batch")
-                logits = self.memory.download(target)
+                results = {name: self.memory.download(target) for name, target in targets.items()}
             finally:
                 self.memory.free(source)
-                self.memory.free(target)
-        return logits.astype(np.float32, copy=False)
+                for target in targets.values():
+                    self.memory.free(target)
+        return {name: array.astype(np.float32, copy=False) for name, array in results.items()}

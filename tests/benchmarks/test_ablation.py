@@ -145,7 +145,9 @@ def test_a_quick_pass_runs_every_row_on_every_benchmark(tmp_path, capsys) -> Non
     (released,) = payload["summary"]
     assert set(released["seg_miou"]["per_benchmark"]) == {"v2", "v3"} and released["complete"]
     assert payload["judged_best"] == "released" and "rows" not in payload
+    assert set(payload["runs"][0]["postprocess"]) == set(ablation.VARIANTS)  # the SDK's post-processing, scored
     printed = capsys.readouterr().out
+    assert "by post-processing" in printed
     assert "== benchmark v2 (" in printed and "== benchmark v3 (" in printed and "mean and WORST" in printed
     assert (tmp_path / "v2" / "released-seed0").is_dir() and (tmp_path / "v3" / "released-seed0").is_dir()
     # --append: a later pass on another benchmark joins the tables and the summary
@@ -182,3 +184,17 @@ def test_minutes_measured_once_show_no_spread() -> None:
     busy = {**record, "seed": 1, "seg_miou": 32.0, "minutes": 17.0, "shared_machine": True}
     markdown = ablation.format_markdown(ablation.summarise([record, busy]))
     assert "| 31.0 ± 1.4 |" in markdown and markdown.endswith("| 9.0 |")
+
+
+def test_post_processing_scores_are_averaged_per_row_and_tabled() -> None:
+    def run(seed: int, seg: float, edge: float) -> dict:
+        post = {name: {"seg_miou": seg, "images_right": 50.0} for name in ablation.VARIANTS}
+        post["edge_aware"] = {"seg_miou": edge, "images_right": 70.0}
+        record = {"row": "released", "seed": seed, "seg_miou": seg, "images_right": 40.0, "cam_miou": None}
+        return record | {"pair_miou": None, "minutes": 1.0, "postprocess": post}
+
+    (row,) = ablation.summarise([run(0, 30.0, 34.0), run(1, 40.0, 42.0)])
+    assert row["images_right"] == 40.0 and row["postprocess"]["edge_aware"] == {"seg_miou": 38.0, "images_right": 70.0}
+    table = ablation.format_postprocess([row])
+    assert "35.0 / 40" in table and "38.0 / 70" in table
+    assert ablation.format_postprocess(ablation.summarise([{**run(0, 30.0, 1.0), "postprocess": None}])) == ""

@@ -19,8 +19,11 @@ from trained_model import CLASSES, cached_checkpoint, synthetic_scenes  # noqa: 
 import cosa_sdk  # noqa: E402
 from cosa_sdk import cpu  # noqa: E402
 from cosa_sdk.cli import main  # noqa: E402
-from cosa_sdk.errors import CosaModelError  # noqa: E402
+from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
 from cosa_sdk.export.int8_graph import SAFE_WEIGHT_MAX, max_abs_weight  # noqa: E402
+from cosa_sdk.export.onnx_export import embed_metadata, export_onnx  # noqa: E402
+from cosa_sdk.export.source import load_source  # noqa: E402
+from cosa_sdk.preprocess import sigmoid  # noqa: E402
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
 from cosa_sdk.training.model.network import SegmentationStream  # noqa: E402
 
@@ -35,6 +38,12 @@ def export(checkpoint: Path, out: Path, *args: str) -> tuple[Path, str]:
 
 def torch_stream(checkpoint: Path) -> SegmentationStream:
     return build_network(load_checkpoint(checkpoint)).seg_stream().eval()
+
+
+def torch_image_logits(checkpoint: Path, batch: np.ndarray) -> np.ndarray:
+    """The network's `CoSAOutput.logits`: what the graph's class_scores must equal."""
+    with torch.inference_mode():
+        return build_network(load_checkpoint(checkpoint)).eval()(torch.from_numpy(batch)).logits.numpy()
 
 
 def normalised(images: np.ndarray, config: dict) -> np.ndarray:
@@ -87,6 +96,8 @@ class BaseBundleTester:
         key = int8_key(config)
         assert config["artifacts"] == {"torch": "model.safetensors", "onnx": "model.onnx", key: INT8_FILES[key]}
         assert config["onnx"]["input"] == "image" and config["onnx"]["output"] == "logits"
+        assert config["onnx"]["outputs"] == ["logits", "class_scores"]
+        assert config["postprocess"] == {"drop_absent": False, "class_threshold": 0.5, "edge_aware": False}
         assert config["onnx"]["opset"] >= 17 and config["onnx"]["dynamic"] is False
         assert config["network"] == "online"
         assert sorted(p.name for p in bundle.iterdir()) == sorted(
@@ -94,6 +105,7 @@ class BaseBundleTester:
         )
         parity = config["metrics"]["parity"]
         assert parity["relative_diff"] <= 1e-3 and parity["argmax_agreement"] >= 0.999
+        assert parity["class_scores"]["relative_diff"] <= 1e-3
         assert parity["image_source"].startswith("dataset custom:")
         assert {(c["batch"], tuple(c["size"])) for c in parity["cases"]} == {
             (1, (self.input_size,) * 2),
@@ -105,6 +117,7 @@ class BaseBundleTester:
         for name in config["artifacts"].values():
             assert name in report
         assert "parity fp32: max |logit diff|" in report and "over 8 images (dataset custom:" in report
+        assert "parity class scores: max |diff|" in report and "postprocess: drop_absent off by default" in report
         int8 = config["metrics"]["int8"]
         assert f"speed-up {int8['speedup']:.2f}x" in report and "int8: argmax agreement" in report
         validation, photos = (100 * int8["agreement"][k] for k in ("validation", "photos"))
@@ -122,9 +135,9 @@ class BaseBundleTester:
     def test_fixed_graph_has_free_batch_only(self, bundle: Path) -> None:
         model = onnx.load(str(bundle / "model.onnx"))
         dims = [d.dim_value or d.dim_param for d in model.graph.input[0].type.tensor_type.shape.dim]
-        out = [d.dim_value or d.dim_param for d in model.graph.output[0].type.tensor_type.shape.dim]
+        out = [[d.dim_value or d.dim_param for d in o.type.tensor_type.shape.dim] for o in model.graph.output]
         assert dims == ["batch", 3, self.input_size, self.input_size]
-        assert out == ["batch", len(CLASSES) + 1, self.input_size, self.input_size]
+        assert out == [["batch", len(CLASSES) + 1, self.input_size, self.input_size], ["batch", len(CLASSES)]]
 
     def test_onnx_runtime_matches_torch_at_batch_1_and_4(
         self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
@@ -134,10 +147,22 @@ class BaseBundleTester:
         batch = normalised(scenes[0], config)
         with torch.inference_mode():
             reference = stream(torch.from_numpy(batch)).numpy()
+        image_logits = torch_image_logits(checkpoint, batch)
         for size in (1, 4):
-            got = session.run(None, {"image": batch[:size]})[0]
+            got, scores = session.run(None, {"image": batch[:size]})
             np.testing.assert_allclose(got, reference[:size], atol=1e-4, rtol=0)
             assert agreement(got.argmax(1), reference[:size].argmax(1)) >= 0.999
+            np.testing.assert_allclose(scores, image_logits[:size], atol=1e-4, rtol=0)
+
+    def test_sdk_class_scores_are_the_classifier_probabilities(
+        self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        expected = sigmoid(torch_image_logits(checkpoint, normalised(scenes[0][:3], config)))
+        for backend in ("onnxruntime", "torch"):
+            with cosa_sdk.load(bundle, backend=backend) as seg:
+                assert seg.has_class_scores
+                got = [list(r.class_scores.values()) for r in seg.segment(list(scenes[0][:3]))]
+            np.testing.assert_allclose(got, expected, atol=1e-4)
 
     def test_sdk_loads_bundle_and_segments_like_torch(
         self, bundle: Path, checkpoint: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
@@ -166,8 +191,23 @@ class BaseBundleTester:
         assert config["int8"] == {
             key: {"weight_bits": int8["weight_bits"], "agreement": int8["agreement"], "min_agreement": 0.98}
         }
-        largest = max_abs_weight(onnx.load(str(bundle / config["artifacts"][key])))
+        quantized = onnx.load(str(bundle / config["artifacts"][key]))
+        largest = max_abs_weight(quantized)
         assert (largest <= SAFE_WEIGHT_MAX) is (int8["weight_bits"] == 7)  # the width is that of the weights
+        assert [o.name for o in quantized.graph.output] == ["logits", "class_scores"]  # both outputs survive
+        assert 0.0 <= int8["class_agreement"] <= 1.0
+
+    def test_int8_model_gives_class_scores_close_to_fp32(
+        self, bundle: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
+    ) -> None:
+        batch = normalised(scenes[0][:2], config)
+        runs = []
+        for key in ("onnx", int8_key(config)):
+            session = ort.InferenceSession(str(bundle / config["artifacts"][key]), providers=["CPUExecutionProvider"])
+            runs.append(session.run(["class_scores"], {"image": batch})[0])
+        fp32, q8 = runs
+        assert q8.shape == fp32.shape == (2, len(CLASSES))
+        assert np.abs(sigmoid(q8) - sigmoid(fp32)).max() < 0.1
 
     @pytest.mark.parametrize(
         ("claimed", "hardware"),
@@ -212,13 +252,15 @@ class BaseBundleTester:
         from safetensors.torch import load_file
 
         weights = load_file(str(bundle / "model.safetensors"))
-        assert weights and all(k.startswith(("backbone.", "decoder.")) for k in weights)
-        assert any(k.startswith("decoder.") for k in weights)
+        assert weights and all(k.startswith(("backbone.", "decoder.", "classifier.")) for k in weights)
+        assert any(k.startswith("decoder.") for k in weights) and "classifier.weight" in weights
         rebuilt = SegmentationStream.from_config(config["model_config"]).eval()
         rebuilt.load_state_dict(weights, strict=True)
         batch = torch.from_numpy(normalised(scenes[0][:2], config))
         with torch.inference_mode():
             torch.testing.assert_close(rebuilt(batch), torch_stream(checkpoint)(batch))
+            _, scores = rebuilt.class_score_view()(batch)
+        np.testing.assert_allclose(scores.numpy(), torch_image_logits(checkpoint, batch.numpy()), atol=1e-5)
 
     def test_lone_onnx_file_loads_from_its_metadata(self, bundle: Path, scenes: tuple[np.ndarray, np.ndarray]) -> None:
         lone = cosa_sdk.load(bundle / "model.onnx")
@@ -227,9 +269,46 @@ class BaseBundleTester:
         np.testing.assert_array_equal(lone.segment(scenes[0][0]).mask, full.segment(scenes[0][0]).mask)
 
 
+def one_output_bundle(bundle: Path, checkpoint: Path, out: Path) -> Path:
+    """The bundle as cosa-sdk wrote it before class scores: a one-output graph, no classifier.* weights,
+    no "outputs" or "postprocess" in cosa.json."""
+    from safetensors.torch import load_file, save_file
+
+    out.mkdir()
+    config = json.loads((bundle / "cosa.json").read_text())
+    config["onnx"].pop("outputs")
+    config.pop("postprocess")
+    config["artifacts"] = {"torch": "model.safetensors", "onnx": "model.onnx"}
+    source = load_source(checkpoint)
+    export_onnx(
+        source.stream, out / "model.onnx", input_size=source.input_size, num_outputs=4, opset=17, class_scores=False
+    )
+    embed_metadata(out / "model.onnx", config, artifact="onnx")
+    weights = load_file(str(bundle / "model.safetensors"))
+    save_file({k: v for k, v in weights.items() if not k.startswith("classifier.")}, str(out / "model.safetensors"))
+    (out / "cosa.json").write_text(json.dumps(config))
+    return out
+
+
 class TestViTBundle(BaseBundleTester):
     backbone = "vit_tiny_patch16_224"
     input_size = 64
+
+    def test_bundle_from_before_class_scores_loads_and_segments_as_before(
+        self, bundle: Path, checkpoint: Path, scenes: tuple[np.ndarray, np.ndarray], tmp_path: Path
+    ) -> None:
+        old = one_output_bundle(bundle, checkpoint, tmp_path / "old")
+        images = list(scenes[0][:3])
+        for backend in ("onnxruntime", "torch"):
+            with cosa_sdk.load(old, backend=backend) as before, cosa_sdk.load(bundle, backend=backend) as now:
+                assert not before.has_class_scores and now.has_class_scores
+                then, today = before.segment(images, return_scores=True), now.segment(images, return_scores=True)
+                for a, b in zip(then, today):
+                    np.testing.assert_array_equal(a.mask, b.mask)
+                    np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)
+                    assert a.class_scores is None and "class_scores" not in a.to_dict()
+                with pytest.raises(CosaConfigError, match="re-export the bundle with `cosa export`"):
+                    before.segment(images[0], drop_absent=True)
 
     def test_layernorm_stays_one_node(self, bundle: Path) -> None:
         model = onnx.load(str(bundle / "model.onnx"))

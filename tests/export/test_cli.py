@@ -13,8 +13,11 @@ pytest.importorskip("onnxruntime")
 
 from trained_model import cached_checkpoint  # noqa: E402
 
-from cosa_sdk.cli import main  # noqa: E402
+import cosa_sdk  # noqa: E402
+from cosa_sdk.cli import build_parser, main  # noqa: E402
+from cosa_sdk.errors import CosaConfigError  # noqa: E402
 from cosa_sdk.export import pipeline  # noqa: E402
+from cosa_sdk.export.cli import export_command  # noqa: E402
 from cosa_sdk.training.engine.checkpoint import CHECKPOINT_FORMAT, load_checkpoint  # noqa: E402
 
 
@@ -129,3 +132,34 @@ def test_bad_checkpoints_give_clear_errors(content, message: str, checkpoint: Pa
     code, _, err = run(capsys, path, "--out", tmp_path / "b")
     assert code == 2 and err.startswith("error: ") and message in err
     assert "Traceback" not in err and not (tmp_path / "b").exists()
+
+
+def export_args(checkpoint: Path, out: Path, drop_absent: bool | None):
+    """`cosa export` arguments from the real parser, with the value `--drop-absent / --no-drop-absent` give
+    (None: the option left out)."""
+    args = build_parser().parse_args(["export", str(checkpoint), "--out", str(out), "--skip-parity"])
+    if drop_absent is not None:
+        args.drop_absent = drop_absent
+    return args
+
+
+@pytest.mark.parametrize("drop_absent", [True, False, None])
+def test_drop_absent_default_round_trip(drop_absent: bool | None, checkpoint: Path, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "b"
+    assert export_command(export_args(checkpoint, out, drop_absent)) == 0
+    chosen = bool(drop_absent)  # left out: off
+    assert json.loads((out / "cosa.json").read_text())["postprocess"] == {
+        "drop_absent": chosen,
+        "class_threshold": 0.5,
+        "edge_aware": False,
+    }
+    assert f"postprocess: drop_absent {'on' if chosen else 'off'} by default" in capsys.readouterr().out
+    with cosa_sdk.load(out) as seg:
+        assert seg.has_class_scores and seg.drop_absent_setting() is chosen
+        assert seg.info()["postprocess"]["drop_absent"] is chosen
+
+
+def test_class_threshold_must_be_a_probability(checkpoint: Path, tmp_path: Path) -> None:
+    with pytest.raises(CosaConfigError, match="between 0 and 1"):
+        pipeline.export_bundle(checkpoint, tmp_path / "b", pipeline.ExportOptions(class_threshold=1.5))
+    assert not (tmp_path / "b").exists()

@@ -17,9 +17,10 @@ from trained_model import cached_checkpoint, synthetic_scenes  # noqa: E402
 from cosa_sdk.cli import main  # noqa: E402
 from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
 from cosa_sdk.export.images import ImageSet, prepare_batch, sample_images  # noqa: E402
-from cosa_sdk.export.onnx_export import export_onnx, pick_exporter  # noqa: E402
+from cosa_sdk.export.onnx_export import check_graph, export_onnx, pick_exporter  # noqa: E402
 from cosa_sdk.export.parity import parity_sizes, verify_parity  # noqa: E402
 from cosa_sdk.export.source import check_input_size, load_source  # noqa: E402
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -32,10 +33,25 @@ def photos() -> ImageSet:
     return sample_images(None, 4)
 
 
+@pytest.fixture(scope="module")
+def network(source):
+    """The whole CoSA network of the checkpoint: its `CoSAOutput.logits` are what class_scores must equal."""
+    return build_network(load_checkpoint(source.checkpoint)).eval()
+
+
 def run_both(session, stream, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     with torch.inference_mode():
         reference = stream(torch.from_numpy(batch)).numpy()
     return session.run(None, {"image": batch})[0], reference
+
+
+def image_logits(network, batch: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return network(torch.from_numpy(batch)).logits.numpy()
+
+
+def dims(value) -> list:
+    return [d.dim_value or d.dim_param for d in value.type.tensor_type.shape.dim]
 
 
 def test_dynamic_export_runs_at_two_sizes_and_batches(source, tmp_path: Path, capsys) -> None:
@@ -46,15 +62,20 @@ def test_dynamic_export_runs_at_two_sizes_and_batches(source, tmp_path: Path, ca
     sizes = {tuple(c["size"]) for c in config["metrics"]["parity"]["cases"]}
     assert sizes == {(64, 64), (48, 48), (48, 80)}  # export-time parity covered three sizes
 
+    assert config["onnx"]["outputs"] == ["logits", "class_scores"]
     session = ort.InferenceSession(str(tmp_path / "b" / "model.onnx"), providers=["CPUExecutionProvider"])
     assert session.get_inputs()[0].shape == ["batch", 3, "height", "width"]
+    assert session.get_outputs()[1].shape == ["batch", 3]
     scenes = synthetic_scenes(3, 128, seed=5)[0]
+    network = build_network(load_checkpoint(checkpoint)).eval()
     for batch_size, size in ((1, (64, 64)), (3, (96, 128))):
         batch = prepare_batch(list(scenes[:batch_size]), size, source.mean, source.std)
         got, reference = run_both(session, source.stream, batch)
         assert got.shape == (batch_size, 4, *size)
         np.testing.assert_allclose(got, reference, atol=1e-4, rtol=0)
         assert (got.argmax(1) == reference.argmax(1)).mean() >= 0.999
+        scores = session.run(["class_scores"], {"image": batch})[0]
+        np.testing.assert_allclose(scores, image_logits(network, batch), atol=1e-4, rtol=0)
 
 
 @pytest.mark.slow  # torch.export takes ~10 s here
@@ -93,6 +114,48 @@ def test_parity_failure_is_loud(source, photos: ImageSet, tmp_path: Path) -> Non
     finally:
         with torch.no_grad():
             source.stream.decoder.conv8.weight.div_(1.05)
+
+
+def test_graph_has_logits_and_class_scores_from_one_pass(source, network, tmp_path: Path) -> None:
+    exported = export_onnx(source.stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=17)
+    assert exported.info()["outputs"] == ["logits", "class_scores"] and exported.info()["output"] == "logits"
+    model = onnx.load(str(exported.path))
+    assert [o.name for o in model.graph.output] == ["logits", "class_scores"]
+    assert [dims(o) for o in model.graph.output] == [["batch", 4, 64, 64], ["batch", 3]]
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    batch = prepare_batch(list(synthetic_scenes(3, 64, seed=9)[0]), (64, 64), source.mean, source.std)
+    logits, scores = session.run(None, {"image": batch})
+    assert logits.shape == (3, 4, 64, 64) and scores.shape == (3, 3)
+    np.testing.assert_allclose(scores, image_logits(network, batch), atol=1e-4, rtol=0)
+    with torch.inference_mode():
+        np.testing.assert_allclose(logits, network.seg_stream()(torch.from_numpy(batch)).numpy(), atol=1e-4, rtol=0)
+
+
+def test_old_one_output_graph_and_the_contract_check(source, tmp_path: Path) -> None:
+    exported = export_onnx(
+        source.stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=17, class_scores=False
+    )
+    model = onnx.load(str(exported.path))
+    assert [o.name for o in model.graph.output] == ["logits"] and exported.info()["outputs"] == ["logits"]
+    check_graph(model, input_size=(64, 64), num_outputs=4, dynamic=False, class_scores=False)
+    with pytest.raises(CosaModelError, match="expected image -> logits, class_scores"):
+        check_graph(model, input_size=(64, 64), num_outputs=4, dynamic=False)
+
+
+def test_class_score_parity_failure_is_loud(source, photos: ImageSet, tmp_path: Path) -> None:
+    exported = export_onnx(source.stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=17)
+    kwargs = {"input_size": (64, 64), "stride": 16, "mean": source.mean, "std": source.std}
+    report = verify_parity(source.stream, exported.path, photos, **kwargs)
+    assert report.class_scores is not None and report.class_scores.relative_diff < 1e-4
+    assert set(report.metrics()["class_scores"]) == {"max_abs_diff", "relative_diff", "presence_agreement"}
+    with torch.no_grad():
+        source.stream.classifier.weight.mul_(1.05)
+    try:
+        with pytest.raises(CosaModelError, match=r"class scores do not match torch.*Nothing was written"):
+            verify_parity(source.stream, exported.path, photos, **kwargs)
+    finally:
+        with torch.no_grad():
+            source.stream.classifier.weight.div_(1.05)
 
 
 def test_exporter_follows_the_opset() -> None:

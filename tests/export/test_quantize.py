@@ -64,6 +64,36 @@ def test_static_plan_keeps_stem_depthwise_and_logits_in_fp32() -> None:
     assert excluded == ["classifier", "dw", "stem"]  # only the dense pointwise conv is quantised
 
 
+def test_the_convs_that_make_both_outputs_stay_fp32() -> None:
+    """A class-score head (global max pool -> 1x1 Conv -> Flatten) that the exporter wrote before the decoder."""
+    weights = [
+        numpy_helper.from_array(np.zeros((8, 3, 3, 3), np.float32), "w_stem"),
+        numpy_helper.from_array(np.zeros((8, 8, 1, 1), np.float32), "w_mid"),
+        numpy_helper.from_array(np.zeros((2, 8, 1, 1), np.float32), "w_head"),
+        numpy_helper.from_array(np.zeros((3, 8, 1, 1), np.float32), "w_seg"),
+        numpy_helper.from_array(np.array([8.0, 8.0], np.float32), "scales"),
+    ]
+    nodes = [
+        conv("stem", "image", "a", "w_stem"),
+        conv("mid", "a", "f", "w_mid"),
+        helper.make_node("GlobalMaxPool", ["f"], ["pooled"], name="pool"),
+        conv("head", "pooled", "h", "w_head"),
+        helper.make_node("Flatten", ["h"], ["class_scores"], name="flatten"),
+        conv("seg", "f", "coarse", "w_seg"),
+        helper.make_node("Resize", ["coarse", "", "scales"], ["logits"], name="resize"),
+    ]
+    body = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in ("logits", "class_scores")],
+        initializer=weights,
+    )
+    model = helper.make_model(body)
+    assert int8_graph.output_convs(model) == ["seg", "head"]
+    assert quantization_plan(model, "static")[1] == ["head", "seg", "stem"]  # only "mid" is quantised
+
+
 def vit_like(blocks: int = 3) -> onnx.ModelProto:
     """Pre-norm blocks: LayerNorm -> x @ w_qkv, q @ k (both activations), LayerNorm -> fc; a final LayerNorm."""
     weights = [numpy_helper.from_array(np.ones(4, np.float32), n) for n in ("gamma", "beta")]

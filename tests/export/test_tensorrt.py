@@ -121,8 +121,16 @@ def test_exported_fp32_graph_is_parseable(tmp_path: Path) -> None:
     exported = export_onnx(stream, tmp_path / "m.onnx", input_size=(32, 32), num_outputs=3, opset=17)
     model = onnx.load(str(exported.path))
     assert trt_logic.unsupported_ops(model) == {}
+    assert trt_logic.graph_outputs(model) == ["logits", "class_scores"]  # two output tensors in the engine
+    head = trt_logic.class_score_nodes(model)
+    assert [n.op_type for n in model.graph.node if n.name in head] == ["GlobalMaxPool", "Conv", "Flatten"]
     pinned = trt_logic.fp32_pinned_nodes(model)
-    assert len(pinned) == 25 and all(n.op_type == "LayerNormalization" for n in model.graph.node if n.name in pinned)
+    norms = [n for n in model.graph.node if n.name in pinned and n.op_type == "LayerNormalization"]
+    assert len(norms) == 25 and set(pinned) == {n.name for n in norms} | set(head)
+    one_output = export_onnx(
+        stream, tmp_path / "old.onnx", input_size=(32, 32), num_outputs=3, opset=17, class_scores=False
+    )
+    assert trt_logic.class_score_nodes(onnx.load(str(one_output.path))) == []
 
 
 def test_missing_tensorrt_names_the_extra_and_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +217,7 @@ def test_engine_build_is_wired_into_the_bundle(precision: str, tmp_path: Path, m
         (4, 3, 64, 64),
         (16, 3, 64, 64),
     )
-    assert len(calls["pinned"]) == 25
+    assert len(calls["pinned"]) == 25 + 3  # the LayerNorms and the class-score head (pool, Conv, Flatten)
     assert (calls["quantized"] > 0) is (precision == "int8")  # int8 engines come from a symmetric QDQ graph
     assert config["metrics"]["tensorrt"]["argmax_agreement"] >= 0.98
     assert not [p for p in out.iterdir() if p.name.startswith(".")]  # the QDQ scratch graph is gone

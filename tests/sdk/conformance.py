@@ -23,7 +23,7 @@ import pytest
 from toy_bundle import cached_toy_bundle
 
 import cosa_sdk
-from cosa_sdk.errors import CosaInputError
+from cosa_sdk.errors import CosaConfigError, CosaInputError
 
 from .scenes import blocks
 
@@ -127,6 +127,16 @@ class BackendConformance:
             seg.segment([blocks(10, 10)], batch_size=0)
         with pytest.raises(CosaInputError, match="cannot segment a generator"):
             seg.segment(x for x in [blocks(10, 10)])
+
+    def test_class_scores_only_when_the_model_has_them(self, seg: cosa_sdk.Segmenter) -> None:
+        result = seg.segment(blocks(40, 50))
+        if seg.has_class_scores:
+            assert list(result.class_scores) == seg.classes[1:]
+            assert all(0.0 <= p <= 1.0 for p in result.class_scores.values())
+            return
+        assert result.class_scores is None and seg.info()["has_class_scores"] is False
+        with pytest.raises(CosaConfigError, match="cosa export"):
+            seg.segment(blocks(10, 10), drop_absent=True)
 
     def test_context_manager_closes(self, bundle: Path) -> None:
         with cosa_sdk.load(bundle, backend=self.backend) as opened:

@@ -1,7 +1,8 @@
 """The ecosystem's formats over real HTTP: /segment_hf (Hugging Face), /metrics (Prometheus), /docs.json (OpenAPI).
 
-One `cosa serve` process of its own on a free loopback port with the toy bundle (4 images a batch); `segmenter`
-is the SDK on the same bundle (tests/serving/conftest.py).
+One `cosa serve` process of its own on a free loopback port with the toy bundle that has class scores (4 images
+a batch; its masks are those of the plain toy bundle); `segmenter` is the SDK on the plain toy bundle
+(tests/serving/conftest.py), `scored` on this server's.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import cosa_sdk
 from cosa_sdk.result import decode_hf
 from cosa_sdk.serving.launcher import LocalServer, start_server
 
-from .helpers import GOOD_IMAGES, encode, post_image, scene
+from .helpers import GOOD_IMAGES, encode, multipart, png_values, post_image, request, scene
 
 SEGMENT_ROUTES = ("/segment", "/segment_json", "/segment_hf", "/overlay")
 
@@ -33,11 +34,26 @@ SEGMENT_ROUTES = ("/segment", "/segment_json", "/segment_hf", "/overlay")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
     log = tmp_path_factory.mktemp("serve") / "server.log"
     env = {"COSA_MAX_UPLOAD_MB": "1"}
-    handle = start_server(cached_toy_bundle(), max_batch_size=4, max_latency_ms=5000, env=env, log_path=log)
+    handle = start_server(
+        cached_toy_bundle(class_scores=True), max_batch_size=4, max_latency_ms=5000, env=env, log_path=log
+    )
     try:
         yield handle
     finally:
         handle.stop()
+
+
+@pytest.fixture(scope="module")
+def scored() -> Iterator[cosa_sdk.Segmenter]:
+    with cosa_sdk.load(cached_toy_bundle(class_scores=True)) as seg:
+        yield seg
+
+
+def faint_red() -> bytes:
+    """Gray with a faint red square: red pixels, but the classifier calls red absent."""
+    image = np.full((48, 64, 3), 128, dtype=np.uint8)
+    image[8:40, 8:40] = (170, 100, 100)
+    return encode(image, "PNG")
 
 
 def http_get(url: str, path: str) -> tuple[int, str, bytes]:
@@ -94,6 +110,32 @@ def test_python_client_calls_segment_hf(server: LocalServer, tmp_path: Path) -> 
         segments = client.segment_hf(image=path)
     assert [s["label"] for s in segments] == ["background", "red", "green"]
     assert decode_hf(segments)[0]["mask"].size == (60, 40)
+
+
+# -- class scores and drop_absent -----------------------------------------------------------------
+def test_segment_json_carries_the_sdk_class_scores(server: LocalServer, scored: cosa_sdk.Segmenter) -> None:
+    data = GOOD_IMAGES["jpeg_odd_size"]()
+    reply = post_image(server.url, "/segment_json", data)
+    assert reply.status == 200, reply.body[:300]
+    assert reply.json()["class_scores"] == scored.segment(data).to_dict()["class_scores"]
+    status, _, body = http_get(server.url, "/info")
+    info = json.loads(body)
+    assert status == 200 and info["has_class_scores"] is True
+    assert info["postprocess"] == {"drop_absent": False, "class_threshold": 0.5, "edge_aware": False}
+
+
+def test_drop_absent_option_per_request(server: LocalServer, scored: cosa_sdk.Segmenter) -> None:
+    data = faint_red()
+    kept, dropped = (scored.segment(data, drop_absent=d).to_dict() for d in (False, True))
+    assert "red" in kept["present"] and list(dropped["present"]) == ["background"]
+    served = post_image(server.url, "/segment_json", data).json()
+    assert served["present"] == kept["present"]  # left out: the bundle's default (keep)
+    assert post_image(server.url, "/segment_json", data, drop_absent="true").json()["present"] == dropped["present"]
+    body, content_type = multipart({"image": ("a.png", data, "image/png")})
+    reply = request(server.url, "/segment?drop_absent=1", body, content_type)
+    assert reply.status == 200 and (png_values(reply.body) == 0).all()
+    reply = post_image(server.url, "/overlay", data, drop_absent="perhaps")
+    assert reply.status == 400 and "drop_absent" in reply.json()["error"]
 
 
 # -- Prometheus metrics ---------------------------------------------------------------------------

@@ -30,6 +30,13 @@ def client(server: LocalServer) -> Iterator[Any]:
 
 
 # -- results equal the SDK's ----------------------------------------------------------------------
+def test_drop_absent_without_class_scores_is_refused(server: LocalServer) -> None:
+    data = GOOD_IMAGES["png_rgb"]()
+    reply = post_image(server.url, "/segment_json", data, drop_absent="true")
+    assert reply.status == 400 and "re-export the bundle with `cosa export`" in reply.json()["error"]
+    assert post_image(server.url, "/segment", data, drop_absent="false").status == 200  # keeping is always possible
+
+
 @pytest.mark.parametrize("name", sorted(GOOD_IMAGES))
 def test_segment_png_equals_sdk_mask(server: LocalServer, segmenter: cosa_sdk.Segmenter, name: str) -> None:
     data = GOOD_IMAGES[name]()
@@ -72,6 +79,7 @@ def test_segment_json_with_rle_and_png_masks(server: LocalServer, segmenter: cos
 def test_segment_json_without_mask_is_a_summary(server: LocalServer) -> None:
     summary = post_image(server.url, "/segment_json", GOOD_IMAGES["png_rgb"]()).json()
     assert "mask" not in summary
+    assert "class_scores" not in summary  # a one-output bundle, as exported before class scores
     assert sum(summary["present"].values()) == pytest.approx(1.0, abs=1e-5)
     assert set(summary["present"]) == {"background", "red", "green"}
 

@@ -24,9 +24,10 @@ from toy_bundle import cached_toy_bundle
 import cosa_sdk
 from cosa_sdk.cli import main as cosa_main
 from cosa_sdk.errors import CosaInputError
+from cosa_sdk.result import SegmentationResult
 from cosa_sdk.serving.cli import settings_from_args
 from cosa_sdk.serving.guard import UploadGuard, check_multipart
-from cosa_sdk.serving.render import mask_encoding
+from cosa_sdk.serving.render import drop_absent_option, mask_encoding, summary
 from cosa_sdk.serving.settings import ServeSettings, read_settings
 from cosa_sdk.serving.uploads import UploadError, check_header, decode_upload
 
@@ -124,6 +125,29 @@ def test_mask_option() -> None:
         mask_encoding("gif", None)
 
 
+def test_drop_absent_option() -> None:
+    assert drop_absent_option(None, None) is None and drop_absent_option("", "") is None  # the bundle's default
+    assert drop_absent_option("true", None) is True and drop_absent_option("", "0") is False
+    assert drop_absent_option("Off", "true") is False  # the form field comes first
+    assert drop_absent_option(True, None) is True  # BentoML hands JSON-looking form values over parsed
+    with pytest.raises(UploadError, match="use true or false") as err:
+        drop_absent_option("maybe", None)
+    assert err.value.status == 400
+
+
+def test_json_summary_carries_class_scores_when_the_model_has_them() -> None:
+    def result(scores: dict[str, float] | None) -> SegmentationResult:
+        mask = np.zeros((2, 3), dtype=np.uint8)
+        palette = [(0, 0, 0), (200, 0, 0)]
+        return SegmentationResult(
+            mask, ["background", "red"], palette, "onnxruntime", {"model": 0.1}, class_scores=scores
+        )
+
+    body = summary(result({"red": 0.1234567}), model_name="toy", mask=None, total_s=0.2)
+    assert body["class_scores"] == {"red": 0.123457} and body["model"] == "toy"
+    assert "class_scores" not in summary(result(None), model_name="toy", mask=None, total_s=0.2)
+
+
 # -- multipart checks and the ASGI guard ----------------------------------------------------------
 def test_check_multipart() -> None:
     body, content_type = multipart({"image": ("a.png", b"123", "image/png")}, {"mask": "rle"})
@@ -191,9 +215,10 @@ def test_bentofile_names_the_service_and_carries_the_bundle() -> None:
 def test_batching_is_bentomls_batchable_api() -> None:
     from cosa_sdk.serving.service import SETTINGS, CosaModel, CosaSegmentation
 
-    infer = CosaModel.apis["infer"]
-    assert infer.batchable is SETTINGS.batching
-    assert infer.max_batch_size == SETTINGS.max_batch_size and infer.max_latency_ms == SETTINGS.max_latency_ms
+    for name in ("infer", "infer_drop_absent", "infer_keep_absent"):  # one batcher per drop_absent setting
+        infer = CosaModel.apis[name]
+        assert infer.batchable is SETTINGS.batching
+        assert infer.max_batch_size == SETTINGS.max_batch_size and infer.max_latency_ms == SETTINGS.max_latency_ms
     assert set(CosaSegmentation.apis) == {"segment", "segment_json", "segment_hf", "overlay", "info"}
 
 

@@ -93,7 +93,7 @@ def test_a_few_bf16_autocast_iterations_of_each_preset_on_cpu(name):
     assert all(p.dtype == torch.float32 for p in online.parameters())
 
 
-@pytest.mark.parametrize("name", sorted(PRESETS))
+@pytest.mark.parametrize("name", ["official", "voc", "coco", "tiny"])  # the presets older than ADDED_KEYS
 def test_a_run_saved_before_the_new_keys_still_means_what_it_meant(name):
     """Older records lack crf_filter / warmup_zero_terms / best_metric / eval_tta: they read back as the
     behaviour of the code that wrote them, so `tiny` runs resume and GPU-preset runs name the change."""

@@ -19,6 +19,10 @@ from cosa_sdk.training.method.pseudo_labels import mask_absent_classes, normaliz
 from cosa_sdk.training.model.network import CoSANetwork
 
 RIGHT_IMAGE_MIOU = 0.5  # an image whose own label-free mIoU reaches this counts as segmented right
+# Inference-time post-processing the SDK offers, scored beside the plain bilinear argmax: "drop_absent" keeps
+# only background and the classes the classifier itself scores present (label-free), "edge_aware" snaps the
+# upsampled class maps to the image's edges (cosa_sdk.upsample)
+VARIANTS = ("drop_absent", "edge_aware", "edge_aware+drop_absent")
 
 
 @torch.no_grad()
@@ -54,15 +58,22 @@ def evaluate(
     crf: bool = False,
     limit: int | None = None,
     class_names: Sequence[str] | None = None,
+    variants: Sequence[str] = (),
 ) -> dict[str, Any]:
-    """Score one network over evaluation samples (dicts with `image`, `mask`, `labels` and, for CRF, `raw`).
+    """Score one network over evaluation samples (dicts with `image`, `mask`, `labels` and, for CRF or
+    edge-aware variants, `raw`).
 
     mIoU values are percentages; per-class lists are keyed by name when `class_names` (foreground) is given.
+    `variants` (names from VARIANTS) adds label-free scores of the SDK's post-processing under "variants".
     """
+    unknown = sorted(set(variants) - set(VARIANTS))
+    if unknown:
+        raise ValueError(f"unknown evaluation variants {unknown}: choose from {VARIANTS}")
     network.eval()
     k = num_classes + 1
     seg_ps, seg_vd, cams = ConfusionMatrix(k), ConfusionMatrix(k), ConfusionMatrix(k)
     per_image: list[float] = []
+    variant_scores = {name: (ConfusionMatrix(k), []) for name in variants}
     count = 0
     for sample in samples:
         if limit is not None and count >= limit:
@@ -71,8 +82,8 @@ def evaluate(
         labels = torch.as_tensor(sample["labels"]).float().unsqueeze(0).to(device)
         gt = np.asarray(sample["mask"])
         size = gt.shape[-2:]
-        cam, seg = predict_maps(network, image, tta=tta)
-        seg = F.interpolate(seg.float(), size=size, mode="bilinear", align_corners=False)
+        cam, seg_at_input = predict_maps(network, image, tta=tta)
+        seg = F.interpolate(seg_at_input.float(), size=size, mode="bilinear", align_corners=False)
         filtered = mask_absent_classes(seg, labels)
         pred_ps = seg.argmax(1)[0].cpu().numpy()
         seg_ps.update(pred_ps, gt)
@@ -84,6 +95,9 @@ def evaluate(
         else:
             pred_vd = filtered.argmax(1)[0].cpu().numpy()
         seg_vd.update(pred_vd, gt)
+        for name, pred in _variant_predictions(network, image, seg_at_input, seg, sample, variants).items():
+            variant_scores[name][0].update(pred, gt)
+            variant_scores[name][1].append(image_miou(pred, gt, k))
         if with_cams:
             cam = F.interpolate(cam.float(), size=size, mode="bilinear", align_corners=False)
             cams.update(cam_to_label(cam, labels, cam_threshold)[0].cpu().numpy(), gt)
@@ -96,7 +110,14 @@ def evaluate(
         return dict(zip(names, iou)) if names is not None else iou
 
     with_cams = with_cams and count > 0
-    scored = np.array([v for v in per_image if not np.isnan(v)])
+    variant_results = {
+        name: {
+            "seg_miou": _percent(matrix.scores()["miou"]),
+            "per_class_iou": per_class(matrix.scores()["per_class_iou"]),
+        }
+        | _image_scores(images)
+        for name, (matrix, images) in variant_scores.items()
+    }
     return {
         "cam_miou": _percent(cam_scores["miou"]) if with_cams else None,
         "seg_miou": _percent(ps["miou"]),
@@ -105,12 +126,52 @@ def evaluate(
         "per_class_iou": per_class(ps["per_class_iou"]),
         "per_class_iou_gt_filtered": per_class(vd["per_class_iou"]),
         "per_class_cam_iou": per_class(cam_scores["per_class_iou"]) if with_cams else None,
-        "image_miou_median": _percent(np.median(scored)) if scored.size else None,
-        "images_right": _percent(np.mean(scored >= RIGHT_IMAGE_MIOU)) if scored.size else None,
+        **_image_scores(per_image),
         "num_images": count,
         "tta": tta,
         "crf": crf,
+        **({"variants": variant_results} if variants else {}),
     }
+
+
+def _image_scores(per_image: Sequence[float]) -> dict[str, float | None]:
+    scored = np.array([v for v in per_image if not np.isnan(v)])
+    if not scored.size:
+        return {"image_miou_median": None, "images_right": None}
+    return {
+        "image_miou_median": _percent(np.median(scored)),
+        "images_right": _percent(np.mean(scored >= RIGHT_IMAGE_MIOU)),
+    }
+
+
+def _variant_predictions(
+    network: CoSANetwork,
+    image: torch.Tensor,
+    seg_at_input: torch.Tensor,
+    seg: torch.Tensor,
+    sample: dict[str, Any],
+    variants: Sequence[str],
+) -> dict[str, np.ndarray]:
+    """Label maps of the post-processing variants for one image, through the SDK's own functions: seg logits
+    at the input and at the mask's size; the class probabilities are the sigmoid of the classifier's logits."""
+    if not variants:
+        return {}
+    from cosa_sdk.preprocess import drop_absent_classes, sigmoid
+    from cosa_sdk.upsample import drop_absent_before_upsampling, edge_aware_mask
+
+    probs = sigmoid(network(image).logits[0].float().cpu().numpy())
+    out: dict[str, np.ndarray] = {}
+    if "drop_absent" in variants:
+        out["drop_absent"] = drop_absent_classes(seg[0].float().cpu().numpy(), probs).argmax(0)
+    edge = [name for name in variants if name.startswith("edge_aware")]
+    if edge:
+        raw = np.asarray(sample["raw"])
+        small = seg_at_input[0].float().cpu().numpy()
+        cell = network.stride * float(np.sqrt(raw.shape[0] / image.shape[-2] * raw.shape[1] / image.shape[-1]))
+        for name in edge:
+            logits = drop_absent_before_upsampling(small, probs) if name.endswith("drop_absent") else small
+            out[name] = edge_aware_mask(logits, raw, cell=cell)
+    return out
 
 
 def _percent(value: float) -> float | None:
@@ -141,6 +202,12 @@ def format_scores(scores: dict[str, Any]) -> str:
         lines.append(
             f"per image (label-free): median mIoU {scores['image_miou_median']:.1f}; "
             f"{scores['images_right']:.1f} % of the images reach {100 * RIGHT_IMAGE_MIOU:.0f}"
+        )
+    for name, variant in scores.get("variants", {}).items():
+        right = variant["images_right"]
+        lines.append(
+            f"post-processing {name}: label-free seg mIoU {variant['seg_miou']:.2f}"
+            + (f", {right:.1f} % of the images reach {100 * RIGHT_IMAGE_MIOU:.0f}" if right is not None else "")
         )
     lines.append(
         f"({scores['num_images']} images; seg = label-free, seg (GT) = absent classes filtered with "

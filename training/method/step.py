@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.method.affinity import refine_cams
 from cosa_sdk.training.method.contrastive import contrastive_separation_loss
 from cosa_sdk.training.method.crf_loss import DenseCRFLoss
 from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold
@@ -20,6 +21,7 @@ from cosa_sdk.training.method.losses import balanced_seg_loss, classification_lo
 from cosa_sdk.training.method.perplexity import perplexity_weights
 from cosa_sdk.training.method.pseudo_labels import (
     cam_pseudo_label,
+    normalize_cams,
     segmentation_pseudo_label,
     teacher_fusion,
     valid_cams,
@@ -92,6 +94,8 @@ class CoSALosses(nn.Module):
             flip=cfg.pseudo_flip,
         )
         valid_cam, valid_aux = valid_cams(fused.cam, labels), valid_cams(fused.aux_cam, labels)
+        if cfg.cam_refine:
+            valid_cam, valid_aux = self.refine(weak, labels, valid_cam, valid_aux)
         if self.dynamic is not None:
             low, high = self.dynamic[0].update(valid_cam)
             aux_low, aux_high = self.dynamic[1].update(valid_aux)
@@ -103,6 +107,26 @@ class CoSALosses(nn.Module):
             spl=segmentation_pseudo_label(fused.seg, labels, temperature=cfg.spl_temperature),
             valid_cam=valid_cam,
         )
+
+    def refine(
+        self, weak: torch.Tensor, labels: torch.Tensor, valid_cam: torch.Tensor, valid_aux: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Both valid CAMs refined over the weak view's affinity (built once) and min-max normalised again, so
+        t_high / t_low still mean "a fraction of the class's peak" (docs/method.md, "CAM affinity refinement").
+
+        Only classes present somewhere in the batch are propagated; the others are zero and stay zero."""
+        cfg = self.config
+        present = (labels != 0).any(dim=0).to(valid_cam.device)
+        if not bool(present.any()):
+            return valid_cam, valid_aux
+        maps = torch.cat([valid_cam[:, present], valid_aux[:, present]], dim=1)
+        refined = refine_cams(
+            weak, maps, dilations=cfg.cam_refine_dilations, iterations=cfg.cam_refine_iters, scale=cfg.cam_refine_scale
+        )
+        main, aux = normalize_cams(refined).chunk(2, dim=1)
+        out_main, out_aux = torch.zeros_like(valid_cam), torch.zeros_like(valid_aux)
+        out_main[:, present], out_aux[:, present] = main, aux
+        return out_main, out_aux
 
     def forward(
         self, online: nn.Module, assignment: nn.Module, batch: dict[str, torch.Tensor], step: int

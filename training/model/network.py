@@ -1,7 +1,8 @@
 """The CoSA network (docs/method.md, "The network"): backbone, CAM head, auxiliary CAM head, LargeFOV decoder.
 
 The online network and the assignment network are two instances of `CoSANetwork`;
-`SegmentationStream` is the deployable part (backbone + decoder) that export and the SDK run.
+`SegmentationStream` is the deployable part (backbone + decoder, and the CAM head's image-level class
+logits beside the masks) that export and the SDK run.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cosa_sdk.errors import CosaModelError
 from cosa_sdk.training.model.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
+
+STREAM_PREFIXES = ("backbone.", "decoder.", "classifier.")  # the tensors a bundle's model.safetensors holds
 
 
 class CoSAOutput(NamedTuple):
@@ -36,6 +40,11 @@ class LargeFOV(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         return self.conv8(F.relu(self.conv7(F.relu(self.conv6(features)))))
+
+
+def image_logits(classifier: nn.Module, features: torch.Tensor) -> torch.Tensor:
+    """Image-level class logits (N, C): the CAM head on the global max pool of the final features."""
+    return classifier(F.adaptive_max_pool2d(features, 1)).flatten(1)
 
 
 def network_config(
@@ -128,7 +137,7 @@ class CoSANetwork(nn.Module):
         return cls(**{**config, **overrides})
 
     def _heads(self, feats: BackboneFeatures) -> CoSAOutput:
-        logits = self.classifier(F.adaptive_max_pool2d(feats.final, 1)).flatten(1)
+        logits = image_logits(self.classifier, feats.final)
         aux_logits = self.aux_classifier(F.adaptive_max_pool2d(feats.aux, 1)).flatten(1)
         return CoSAOutput(
             logits=logits,
@@ -154,19 +163,32 @@ class CoSANetwork(nn.Module):
     def forward_seg(self, images: torch.Tensor) -> torch.Tensor:
         return self.decoder(self.backbone(images, with_aux=False).seg)
 
-    def seg_stream(self) -> SegmentationStream:
-        """The deployable segmentation stream, sharing this network's backbone and decoder modules."""
-        return SegmentationStream(backbone_module=self.backbone, decoder_module=self.decoder, config=self.config)
+    def seg_stream(self, *, with_class_scores: bool = False) -> SegmentationStream:
+        """The deployable segmentation stream, sharing this network's backbone, decoder and CAM head modules.
+
+        with_class_scores: forward returns (seg logits, image-level class logits) instead of the seg logits.
+        """
+        return SegmentationStream(
+            backbone_module=self.backbone,
+            decoder_module=self.decoder,
+            classifier_module=self.classifier,
+            config=self.config,
+            with_class_scores=with_class_scores,
+        )
 
     def seg_stream_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items() if k.startswith(("backbone.", "decoder."))}
+        """The stream's tensors (backbone, decoder, CAM head): what `SegmentationStream.load_state_dict` takes."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(STREAM_PREFIXES)}
 
 
 class SegmentationStream(nn.Module):
     """Backbone + LargeFOV decoder: images (N, 3, H, W) normalised -> logits (N, C+1, H, W).
 
     The logits are upsampled bilinearly (align_corners False) to the input size inside the module,
-    so an exported graph hands the SDK full-resolution logits.
+    so an exported graph hands the SDK full-resolution logits. The CAM head (`classifier`) rides along:
+    with `with_class_scores=True` forward returns (logits, class logits (N, C)) from the same backbone
+    pass, exactly `CoSAOutput.logits`. A stream built from modules without a classifier (or one whose
+    weights were absent from an old bundle, `drop_classifier`) has none and only gives the logits.
     """
 
     def __init__(
@@ -175,20 +197,58 @@ class SegmentationStream(nn.Module):
         config: dict[str, Any],
         backbone_module: ViTBackbone | CNNBackbone | None = None,
         decoder_module: LargeFOV | None = None,
+        classifier_module: nn.Conv2d | None = None,
+        with_class_scores: bool = False,
     ) -> None:
         super().__init__()
         self.config = copy.deepcopy(config)
         if backbone_module is None or decoder_module is None:
             donor = CoSANetwork.from_config(self.config)
             backbone_module, decoder_module = donor.backbone, donor.decoder
+            classifier_module = classifier_module if classifier_module is not None else donor.classifier
         self.backbone = backbone_module
         self.decoder = decoder_module
+        self.classifier = classifier_module
+        self.with_class_scores = self._checked(with_class_scores)
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> SegmentationStream:
+    def from_config(cls, config: dict[str, Any], *, with_class_scores: bool = False) -> SegmentationStream:
         """Rebuild the architecture from `CoSANetwork.model_config()`; load weights with `load_state_dict`."""
-        return cls(config=config)
+        return cls(config=config, with_class_scores=with_class_scores)
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        logits = self.decoder(self.backbone(images, with_aux=False).seg)
-        return F.interpolate(logits, size=images.shape[-2:], mode="bilinear", align_corners=False)
+    @property
+    def has_class_scores(self) -> bool:
+        """Whether this stream holds the CAM head, so it can give image-level class logits."""
+        return self.classifier is not None
+
+    def _checked(self, with_class_scores: bool) -> bool:
+        if with_class_scores and not self.has_class_scores:
+            raise CosaModelError(
+                "this segmentation stream has no classifier weights (a bundle exported before class scores), "
+                "so it cannot give class scores; re-export the bundle with `cosa export`"
+            )
+        return bool(with_class_scores)
+
+    def class_score_view(self, enabled: bool = True) -> SegmentationStream:
+        """The same modules (shared, not copied, in the modes they are in) with `with_class_scores` = `enabled`."""
+        view = SegmentationStream(
+            config=self.config,
+            backbone_module=self.backbone,
+            decoder_module=self.decoder,
+            classifier_module=self.classifier,
+            with_class_scores=self._checked(enabled),
+        )
+        view.training = self.training
+        return view
+
+    def drop_classifier(self) -> None:
+        """Forget the CAM head: what a stream loaded from a bundle without its weights must do."""
+        self.classifier = None
+        self.with_class_scores = False
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        feats = self.backbone(images, with_aux=False)
+        logits = F.interpolate(self.decoder(feats.seg), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        if not self.with_class_scores:
+            return logits
+        return logits, image_logits(self.classifier, feats.final)
