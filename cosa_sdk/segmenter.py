@@ -141,8 +141,8 @@ class Segmenter:
         if asked and not self.has_class_scores:
             raise CosaConfigError(
                 f"drop_absent needs the classifier's class scores, and the model of {self.bundle.source} has none "
-                "(it was exported before they existed); re-export the bundle with `cosa export`, or segment "
-                "without drop_absent"
+                "(exported before they existed: re-export the bundle with `cosa export`; or trained with "
+                "--supervision full, whose classifier never learned); segment without drop_absent"
             )
         return asked
 

@@ -84,6 +84,11 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
     if options.tensorrt:
         trt_logic.require_tensorrt()  # fail before minutes of work, not after
     source = load_source(checkpoint, network=options.network, input_size=options.input_size)
+    if options.drop_absent and not source.stream.has_class_scores:
+        raise CosaConfigError(
+            "--drop-absent needs the classifier's class scores, and this run was trained with --supervision full "
+            "(masks only: its classifier never learned); export it without --drop-absent"
+        )
     dynamic = options.dynamic if options.dynamic is not None else bool(source.tta_scales)
     spec = options.data or source.data_spec
     needs_images = not options.skip_parity or options.int8 or options.tensorrt
@@ -100,6 +105,7 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
             dynamic=dynamic,
             opset=options.opset,
             exporter=options.exporter,
+            class_scores=source.stream.has_class_scores,
         )
         parity = None
         if not options.skip_parity:

@@ -81,6 +81,8 @@ def load_source(
     config = model.model_config()
     stride = int(model.stride)
     run = RunRecord.from_checkpoint(record, size_if_unknown=input_size)
+    if run.supervision == "full":  # trained on masks only: its classifier never learned, its scores mean nothing
+        stream.drop_classifier()
     if input_size:
         size = check_input_size(input_size, stride)
     else:

@@ -333,3 +333,28 @@ class TestViTBundle(BaseBundleTester):
 class TestCNNBundle(BaseBundleTester):
     backbone = "tf_efficientnet_lite0"
     input_size = 96
+
+
+def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
+    """`--supervision full` trains the seg loss only: its classifier never learned, so no scores leave the graph."""
+    from cosa_sdk.export.pipeline import ExportOptions, export_bundle
+    from cosa_sdk.training.engine.checkpoint import save_checkpoint
+    from cosa_sdk.training.run_record import RECORD_KEY
+
+    record = load_checkpoint(cached_checkpoint("vit_tiny_patch16_224", input_size=64))
+    if isinstance(record.get(RECORD_KEY), dict):
+        record[RECORD_KEY] = {**record[RECORD_KEY], "supervision": "full"}
+    else:
+        record["supervision"] = "full"
+    checkpoint = save_checkpoint(tmp_path / "full.pt", record)
+    with pytest.raises(CosaConfigError, match="--supervision full"):
+        export_bundle(checkpoint, tmp_path / "refused", ExportOptions(drop_absent=True))
+    assert not (tmp_path / "refused").exists()
+    bundle, _ = export(checkpoint, tmp_path / "bundle")
+    graph = onnx.load(str(bundle / "model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["logits"]
+    with cosa_sdk.load(bundle) as seg:
+        assert not seg.has_class_scores
+        assert seg.segment(np.zeros((64, 64, 3), dtype=np.uint8)).class_scores is None
+        with pytest.raises(CosaConfigError, match="supervision full"):
+            seg.segment(np.zeros((64, 64, 3), dtype=np.uint8), drop_absent=True)
