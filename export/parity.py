@@ -23,27 +23,19 @@ FP32_MIN_AGREEMENT = 0.999
 
 
 @dataclass
-class Comparison:
-    """Reference vs candidate logits, accumulated over batches."""
+class _Difference:
+    """The largest |reference - candidate| and the reference's scale, accumulated over batches."""
 
     max_abs_diff: float = 0.0
     logit_scale: float = 0.0
-    agreeing: int = 0
-    pixels: int = 0
 
-    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+    def _track(self, reference: np.ndarray, candidate: np.ndarray, what: str) -> None:
         if reference.shape != candidate.shape:
             raise CosaModelError(
-                f"the exported graph returned logits of shape {candidate.shape}, torch {reference.shape}"
+                f"the exported graph returned {what} of shape {candidate.shape}, torch {reference.shape}"
             )
-        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(reference - candidate).max()))
-        self.logit_scale = max(self.logit_scale, float(np.abs(reference).max()))
-        self.agreeing += int((reference.argmax(1) == candidate.argmax(1)).sum())
-        self.pixels += reference.shape[0] * reference.shape[2] * reference.shape[3]
-
-    @property
-    def agreement(self) -> float:
-        return self.agreeing / max(self.pixels, 1)
+        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(reference - candidate).max(initial=0.0)))
+        self.logit_scale = max(self.logit_scale, float(np.abs(reference).max(initial=0.0)))
 
     @property
     def relative_diff(self) -> float:
@@ -52,21 +44,31 @@ class Comparison:
 
 
 @dataclass
-class ScoreComparison:
+class Comparison(_Difference):
+    """Reference vs candidate logits, accumulated over batches."""
+
+    agreeing: int = 0
+    pixels: int = 0
+
+    def add(self, reference: np.ndarray, candidate: np.ndarray) -> None:
+        self._track(reference, candidate, "logits")
+        self.agreeing += int((reference.argmax(1) == candidate.argmax(1)).sum())
+        self.pixels += reference.shape[0] * reference.shape[2] * reference.shape[3]
+
+    @property
+    def agreement(self) -> float:
+        return self.agreeing / max(self.pixels, 1)
+
+
+@dataclass
+class ScoreComparison(_Difference):
     """Reference vs candidate image-level class logits (N, C), accumulated over batches."""
 
-    max_abs_diff: float = 0.0
-    logit_scale: float = 0.0
     agreeing: int = 0
     decisions: int = 0
 
     def add(self, reference: np.ndarray, candidate: np.ndarray, *, threshold: float = 0.5) -> None:
-        if reference.shape != candidate.shape:
-            raise CosaModelError(
-                f"the exported graph returned class scores of shape {candidate.shape}, torch {reference.shape}"
-            )
-        self.max_abs_diff = max(self.max_abs_diff, float(np.abs(reference - candidate).max(initial=0.0)))
-        self.logit_scale = max(self.logit_scale, float(np.abs(reference).max(initial=0.0)))
+        self._track(reference, candidate, "class scores")
         self.agreeing += int((present(reference, threshold) == present(candidate, threshold)).sum())
         self.decisions += reference.size
 
@@ -74,10 +76,6 @@ class ScoreComparison:
     def agreement(self) -> float:
         """Share of (image, class) present/absent decisions that agree."""
         return self.agreeing / max(self.decisions, 1)
-
-    @property
-    def relative_diff(self) -> float:
-        return self.max_abs_diff / max(self.logit_scale, 1.0)
 
 
 def present(class_logits: np.ndarray, threshold: float = 0.5) -> np.ndarray:
