@@ -91,12 +91,16 @@ def row_config(row: str, base: TrainConfig, seed: int) -> TrainConfig:
     )
 
 
+def best_network(run: Path, network_name: str) -> tuple[torch.nn.Module, RunRecord]:
+    """One network of a run's best.pt and the run's record (classes, thresholds, how to evaluate)."""
+    record = load_checkpoint(run / "best.pt")
+    return build_network(record, network_name), RunRecord.from_checkpoint(record)
+
+
 @torch.no_grad()
 def label_free_cam_scores(run: Path, data_spec: str) -> float:
     """CAM-only segmentation without ground-truth labels: the classifier's own predictions pick the classes."""
-    record = load_checkpoint(run / "best.pt")
-    network = build_network(record, "online")
-    run_record = RunRecord.from_checkpoint(record)
+    network, run_record = best_network(run, "online")
     dataset = run_record.eval_dataset(data_spec=data_spec)
     matrix = ConfusionMatrix(len(run_record.classes) + 1)
     threshold = run_record.cam_threshold
@@ -113,9 +117,7 @@ def label_free_cam_scores(run: Path, data_spec: str) -> float:
 @torch.no_grad()
 def postprocess_scores(run: Path, data_spec: str, network_name: str) -> dict[str, dict]:
     """Label-free scores of the selected network under each SDK post-processing variant."""
-    record = load_checkpoint(run / "best.pt")
-    network = build_network(record, network_name)
-    run_record = RunRecord.from_checkpoint(record)
+    network, run_record = best_network(run, network_name)
     scores = evaluate(
         network,
         run_record.eval_dataset(data_spec=data_spec),
