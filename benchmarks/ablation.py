@@ -14,7 +14,9 @@ table per benchmark (also JSON and a PNG bar chart):
   +affinity       released with the teacher's CAMs refined by pixel affinity before the CAM pseudo-labels
   +crf-loss       released with the dense-CRF loss on the segmentation logits
   no-crf-loss     released without the dense-CRF loss (for presets that train with it)
+  +detail         released with the detail refiner: seg logits redrawn at stride 4 from the image
   full            the same network and schedule trained on ground-truth masks (upper bound)
+  full+detail     `full` with the detail refiner: can a finer seg grid draw the shapes at all?
 
 Columns: label-free seg mIoU, the share of images whose own mIoU reaches 50 ("right"), CAM mIoU, mIoU over
 the co-occurring class pair, training minutes. Every run's best.pt is also scored with the SDK's
@@ -58,6 +60,7 @@ from ablation_benchmarks import (
     benchmark_specs,
     by_benchmark,
     format_summary,
+    fully_supervised,
     judged_best,
     parse_benchmarks,
     previous_results,
@@ -79,7 +82,9 @@ ROWS: dict[str, dict] = {
     "+affinity": {"cam_refine": True},
     "+crf-loss": {"crf_loss": True},
     "no-crf-loss": {"crf_loss": False},
+    "+detail": {"detail_channels": 32},
     "full": {},
+    "full+detail": {"detail_channels": 32},
 }
 TECHNIQUES = ("dynamic_threshold", "perplexity", "contrastive")
 
@@ -142,14 +147,15 @@ def shared_warmup(
     """The classification warm-up all co-training rows of one seed share: (its last.pt, its minutes).
 
     Warm-up iterations compute the same thing in every weak row (the techniques act after it), except
-    that dynamic thresholds run their tracker from step 0 and another sampling draws other images; such
-    rows share a warm-up of their own. The CAM-only row leaves it too: its first `warmup_iters` iterations
-    are the same classification training."""
-    key = (config.seed, config.dynamic_threshold, config.label_set_balance)
+    that dynamic thresholds run their tracker from step 0, another sampling draws other images and a detail
+    refiner is another network; such rows share a warm-up of their own. The CAM-only row leaves it too: its
+    first `warmup_iters` iterations are the same classification training."""
+    key = (config.seed, config.dynamic_threshold, config.label_set_balance, config.detail_channels)
     if key not in cache:
         techniques = {**dict.fromkeys(TECHNIQUES, False), "dynamic_threshold": key[1]}
         warm_config = dataclasses.replace(config, **techniques, loss_warmup_iters=warmup_iters)
-        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}"
+        detail = f"-detail{key[3]}" if key[3] else ""
+        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}{detail}"
         done = run / "warmup.json"
         saved = json.loads(done.read_text()) if done.exists() else {}
         if saved.get("config") == warm_config.to_dict() and saved.get("data") == data_spec:
@@ -189,9 +195,9 @@ def run_row(
 ) -> dict:
     config = row_config(row, base, seed)
     run = workdir / f"{row}-seed{seed}"
-    supervision = "full" if row == "full" else "weak"
+    supervision = "full" if fully_supervised(row) else "weak"
     warm_minutes, resume = 0.0, False
-    if warmups is not None and row != "full":
+    if warmups is not None and supervision == "weak":
         warm, warm_minutes = shared_warmup(config, base.loss_warmup_iters, data_spec, workdir, warmups, preset_name)
         branch(warm, run, config)
         resume = True

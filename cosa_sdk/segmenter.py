@@ -7,8 +7,6 @@ kept, as in the official evaluation); a dynamic graph is only needed for multi-s
 
 from __future__ import annotations
 
-import os
-import statistics
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -17,54 +15,26 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from cosa_sdk.arguments import (
+    check_drop_absent,
+    check_edge_aware,
+    check_max_pixels,
+    image_label,
+    is_batch,
+    positive_int,
+)
 from cosa_sdk.backends import check_backend_name, open_backend, open_lone_onnx
 from cosa_sdk.backends.base import Backend
 from cosa_sdk.bundle import Bundle, read_bundle
-from cosa_sdk.errors import CosaConfigError, CosaInputError, CosaModelError
+from cosa_sdk.errors import CosaConfigError, CosaInputError
 from cosa_sdk.inputs import DEFAULT_MAX_PIXELS, decode_image
-from cosa_sdk.preprocess import (
-    Normalizer,
-    argmax_channels,
-    logits_to_mask,
-    resize_bilinear,
-    sigmoid,
-)
+from cosa_sdk.model_runner import ModelRunner
+from cosa_sdk.preprocess import Normalizer, argmax_channels, logits_to_mask
 from cosa_sdk.result import TIMING_KEYS, SegmentationResult
+from cosa_sdk.timing import time_segment
 from cosa_sdk.upsample import drop_absent_before_upsampling, edge_aware_mask, edge_aware_upsample
 
 _UNSET: Any = object()
-
-
-def _positive_int(value: Any, what: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < 1:
-        raise CosaInputError(f"{what} must be a positive integer, got {value!r}")
-    return int(value)
-
-
-def _check_max_pixels(value: Any) -> int | None:
-    return None if value is None else _positive_int(value, "max_pixels")
-
-
-def _is_batch(images: Any) -> bool:
-    return isinstance(images, list | tuple) or (isinstance(images, np.ndarray) and images.ndim == 4)
-
-
-def _check_drop_absent(value: Any) -> bool | None:
-    if value is not None and not isinstance(value, bool | np.bool_):
-        raise CosaInputError(f"drop_absent must be True, False or None (the bundle's default), got {value!r}")
-    return None if value is None else bool(value)
-
-
-def _check_edge_aware(value: Any) -> bool | None:
-    if value is not None and not isinstance(value, bool | np.bool_):
-        raise CosaInputError(f"edge_aware must be True, False or None (the bundle's default), got {value!r}")
-    return None if value is None else bool(value)
-
-
-def _label(item: Any, index: int, single: bool) -> str:
-    if isinstance(item, str | os.PathLike):
-        return str(item)
-    return "the image" if single else f"image {index} of the batch"
 
 
 class Segmenter:
@@ -81,27 +51,11 @@ class Segmenter:
     ) -> None:
         self.bundle = bundle
         self._backend = backend
-        self.batch_size = _positive_int(batch_size, "batch_size")
-        self.max_pixels = _check_max_pixels(max_pixels)
+        self.batch_size = positive_int(batch_size, "batch_size")
+        self.max_pixels = check_max_pixels(max_pixels)
         self.notes = list(notes)
-        if backend.num_outputs is not None and backend.num_outputs != bundle.num_classes:
-            raise CosaModelError(
-                f"the model outputs {backend.num_outputs} classes but cosa.json lists {bundle.num_classes} "
-                "classes; the bundle's files do not belong together (re-export it)"
-            )
-        if backend.fixed_size is not None and backend.fixed_size != bundle.input_size:
-            raise CosaModelError(
-                f"the model takes {backend.fixed_size[0]}x{backend.fixed_size[1]} images but cosa.json says "
-                f"input_size {list(bundle.input_size)}; the bundle's files do not belong together (re-export it)"
-            )
-        if bundle.postprocess.drop_absent and not backend.has_class_scores:
-            raise CosaModelError(
-                f"cosa.json asks for drop_absent by default but the {backend.name} model gives no class scores; "
-                "the bundle's files do not belong together (re-export it with `cosa export`)"
-            )
+        self._model = ModelRunner(bundle, backend)
         self._normalizer = Normalizer(size=bundle.input_size, mean=bundle.mean, std=bundle.std)
-        if backend.num_outputs is None:  # the graph does not state K: one probe run checks it at load
-            self._run(np.zeros((1, 3, *bundle.input_size), dtype=np.float32))
 
     # -- description ------------------------------------------------------------------------------
     @property
@@ -135,7 +89,7 @@ class Segmenter:
     def drop_absent_setting(self, drop_absent: bool | None = None) -> bool:
         """What `segment(..., drop_absent=drop_absent)` does: None is the bundle's default (cosa.json
         postprocess.drop_absent, off when missing). CosaConfigError when True needs class scores the model lacks."""
-        asked = _check_drop_absent(drop_absent)
+        asked = check_drop_absent(drop_absent)
         if asked is None:
             return self.bundle.postprocess.drop_absent
         if asked and not self.has_class_scores:
@@ -149,29 +103,20 @@ class Segmenter:
     def edge_aware_setting(self, edge_aware: bool | None = None) -> bool:
         """What `segment(..., edge_aware=edge_aware)` does: None is the bundle's default (cosa.json
         postprocess.edge_aware, off when missing)."""
-        asked = _check_edge_aware(edge_aware)
+        asked = check_edge_aware(edge_aware)
         return self.bundle.postprocess.edge_aware if asked is None else asked
 
     @property
     def dynamic(self) -> bool:
         """True when the model takes other input sizes, which multi-scale TTA needs."""
-        return self._backend.fixed_size is None
+        return self._model.dynamic
 
     def tta_sizes(self) -> list[tuple[int, int]]:
         """Input sizes TTA runs (each with its flip): the bundle's scales, rounded to the patch size.
 
         A fixed-size graph runs flip-only TTA at the input size.
         """
-        height, width = self.input_size
-        if not self.dynamic:
-            return [(height, width)]
-        patch = self.bundle.patch_size
-        sizes: list[tuple[int, int]] = []
-        for scale in self.bundle.tta_scales:
-            size = (max(patch, round(scale * height / patch) * patch), max(patch, round(scale * width / patch) * patch))
-            if size not in sizes and self._backend.accepts_size(*size):
-                sizes.append(size)
-        return sizes or [(height, width)]
+        return self._model.tta_sizes()
 
     def info(self) -> dict[str, Any]:
         """JSON-able description for logs and the service's /info."""
@@ -246,7 +191,7 @@ class Segmenter:
         10-30 ms per 500x375 image with 7 classes, 1-3 s at 2000x1500. None: the bundle's default
         (`edge_aware_setting`).
         """
-        if _is_batch(images):
+        if is_batch(images):
             return list(
                 self.iter_segment(
                     images,
@@ -259,10 +204,10 @@ class Segmenter:
                     edge_aware=edge_aware,
                 )
             )
-        limit = self.max_pixels if max_pixels is _UNSET else _check_max_pixels(max_pixels)
+        limit = self.max_pixels if max_pixels is _UNSET else check_max_pixels(max_pixels)
         drop = self.drop_absent_setting(drop_absent)
         edge = self.edge_aware_setting(edge_aware)
-        labels = [_label(images, 0, single=True)]
+        labels = [image_label(images, 0, single=True)]
         return self._segment_chunk([images], labels, tta, return_scores, limit, keep_image, drop, edge)[0]
 
     def iter_segment(
@@ -278,15 +223,15 @@ class Segmenter:
         edge_aware: bool | None = None,
     ) -> Iterator[SegmentationResult]:
         """Like `segment(list)`, but lazily: reads and yields one chunk of `batch_size` images at a time."""
-        size = self.batch_size if batch_size is None else _positive_int(batch_size, "batch_size")
-        limit = self.max_pixels if max_pixels is _UNSET else _check_max_pixels(max_pixels)
+        size = self.batch_size if batch_size is None else positive_int(batch_size, "batch_size")
+        limit = self.max_pixels if max_pixels is _UNSET else check_max_pixels(max_pixels)
         drop = self.drop_absent_setting(drop_absent)
         edge = self.edge_aware_setting(edge_aware)
         chunk: list[Any] = []
         labels: list[str] = []
         for index, item in enumerate(images):
             chunk.append(item)
-            labels.append(_label(item, index, single=False))
+            labels.append(image_label(item, index, single=False))
             if len(chunk) == size:
                 yield from self._segment_chunk(chunk, labels, tta, return_scores, limit, keep_image, drop, edge)
                 chunk, labels = [], []
@@ -369,58 +314,7 @@ class Segmenter:
         return {name: float(p) for name, p in zip(self.classes[1:], probs)}
 
     def _infer(self, batch: np.ndarray, *, tta: bool) -> tuple[np.ndarray, np.ndarray | None]:
-        """Logits (N, K, h, w) at the input size, TTA-fused when asked, and the class probabilities (N, C)
-        (sigmoid of the class logits, averaged over the TTA passes) or None without class scores."""
-        if not tta:
-            logits, scores = self._run(batch)
-            return logits, None if scores is None else sigmoid(scores)
-        count = batch.shape[0]
-        total: np.ndarray | None = None
-        probs: list[np.ndarray] = []
-        for size in self.tta_sizes():
-            scaled = batch if size == self.input_size else resize_bilinear(batch, size)
-            logits, scores = self._run(np.concatenate([scaled, scaled[..., ::-1]], axis=0))
-            fused = logits[:count] + logits[count:, ..., ::-1]
-            if size != self.input_size:
-                fused = resize_bilinear(fused, self.input_size)
-            total = fused if total is None else total + fused
-            if scores is not None:
-                probs += [sigmoid(scores[:count]), sigmoid(scores[count:])]
-        assert total is not None
-        return total, np.mean(probs, axis=0, dtype=np.float32) if probs else None
-
-    def _run(self, batch: np.ndarray) -> tuple[np.ndarray, np.ndarray | None]:
-        """Run the backend, splitting or padding the batch to what the model accepts: (logits, class logits or None)."""
-        backend = self._backend
-        step = backend.fixed_batch or backend.max_batch or batch.shape[0]
-        outputs, class_logits = [], []
-        for start in range(0, batch.shape[0], step):
-            part = batch[start : start + step]
-            real = part.shape[0]
-            if backend.fixed_batch is not None and real < backend.fixed_batch:
-                padding = np.zeros((backend.fixed_batch - real, *part.shape[1:]), dtype=part.dtype)
-                part = np.concatenate([part, padding], axis=0)
-            logits, scores = backend.run_with_scores(np.ascontiguousarray(part, dtype=np.float32))
-            self._check_outputs(logits, scores, part.shape[0])
-            outputs.append(logits[:real])
-            if scores is not None:
-                class_logits.append(scores[:real])
-        joined = outputs[0] if len(outputs) == 1 else np.concatenate(outputs, axis=0)
-        return joined, np.concatenate(class_logits, axis=0) if class_logits else None
-
-    def _check_outputs(self, logits: np.ndarray, scores: np.ndarray | None, count: int) -> None:
-        """The model's outputs fit cosa.json's classes: logits (n, K, h, w), class scores (n, K-1)."""
-        if logits.ndim != 4 or logits.shape[1] != self.bundle.num_classes:
-            raise CosaModelError(
-                f"the model outputs logits of shape {tuple(logits.shape)} but cosa.json lists "
-                f"{self.bundle.num_classes} classes; the bundle's files do not belong together (re-export it)"
-            )
-        if scores is not None and scores.shape != (count, self.bundle.num_classes - 1):
-            raise CosaModelError(
-                f"the model outputs class scores of shape {tuple(scores.shape)} but cosa.json lists "
-                f"{self.bundle.num_classes - 1} foreground classes; the bundle's files do not belong together "
-                "(re-export it)"
-            )
+        return self._model.infer(batch, tta=tta)
 
     # -- measurement ------------------------------------------------------------------------------
     def benchmark(
@@ -437,30 +331,8 @@ class Segmenter:
         Returns images/s, the median call latency and the mean per-image split between decode,
         preprocess, model and postprocess (seconds), plus the fraction of time spent outside the model.
         """
-        runs = _positive_int(runs, "runs")
-        if image is None:
-            image = np.random.default_rng(0).integers(0, 256, size=(375, 500, 3), dtype=np.uint8)
-        images = [image] * _positive_int(batch_size, "batch_size")
-        for _ in range(warmup):
-            self.segment(images, tta=tta, batch_size=batch_size, keep_image=False)
-        walls, splits = [], []
-        for _ in range(runs):
-            start = time.perf_counter()
-            results = self.segment(images, tta=tta, batch_size=batch_size, keep_image=False)
-            walls.append(time.perf_counter() - start)
-            splits.extend(r.timings for r in results)
-        split = {k: float(np.mean([s[k] for s in splits])) for k in TIMING_KEYS}
-        per_image = sum(split.values())
-        return {
-            "backend": self.backend,
-            "device": self.device,
-            "batch_size": batch_size,
-            "tta": tta,
-            "images_per_s": len(images) * runs / sum(walls),
-            "latency_s": statistics.median(walls),
-            "per_image_s": split,
-            "outside_model_fraction": (per_image - split["model"]) / per_image if per_image else 0.0,
-        }
+        timed = time_segment(self.segment, image, batch_size=batch_size, runs=runs, warmup=warmup, tta=tta)
+        return {"backend": self.backend, "device": self.device, **timed}
 
 
 def load(

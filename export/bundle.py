@@ -88,7 +88,8 @@ def bundle_config(
 
 
 def write_weights(stream: Any, path: str | Path) -> Path:
-    """The seg stream's weights (backbone.*, decoder.*, classifier.*) as safetensors: loadable without unpickling."""
+    """The seg stream's weights (backbone.*, decoder.*, detail.*, classifier.*) as safetensors, loadable without
+    unpickling."""
     from safetensors.torch import save_file
 
     from cosa_sdk.training.model.network import STREAM_PREFIXES
@@ -97,7 +98,8 @@ def write_weights(stream: Any, path: str | Path) -> Path:
     bad = [k for k in state if not k.startswith(STREAM_PREFIXES)]
     if bad:
         raise CosaModelError(
-            f"unexpected tensors in the seg stream: {bad[:3]}; expected backbone.*, decoder.* and classifier.*"
+            f"unexpected tensors in the seg stream: {bad[:3]}; "
+            "expected backbone.*, decoder.*, detail.* and classifier.*"
         )
     save_file(state, str(path), metadata={"format": "cosa-seg-stream", "created_by": f"cosa-sdk {__version__}"})
     return Path(path)

@@ -93,16 +93,29 @@ PASS_THROUGH_OPS = ("Resize", "Flatten", "Reshape", "Squeeze", "Unsqueeze", "Ide
 
 def output_convs(model: Any) -> list[str]:
     """The Convs that make the graph's outputs: followed back from each output through the data input
-    (input 0) of resizes and reshapes (`PASS_THROUGH_OPS`) to the node that computes it."""
+    (input 0) of resizes and reshapes (`PASS_THROUGH_OPS`) and through both terms of an Add (the detail
+    refiner's upsampled logits + correction) to the nodes that compute it."""
     producers = {out: node for node in model.graph.node for out in node.output}
-    found = []
-    for output in model.graph.output:
-        node = producers.get(output.name)
-        while node is not None and node.op_type in PASS_THROUGH_OPS and node.input:
-            node = producers.get(node.input[0])
-        if node is not None and node.op_type == "Conv" and node.name:
+    found: list[str] = []
+    pending = [producers.get(output.name) for output in model.graph.output]
+    while pending:
+        node = pending.pop(0)
+        if node is None:
+            continue
+        if node.op_type in PASS_THROUGH_OPS and node.input:
+            pending.append(producers.get(node.input[0]))
+        elif node.op_type == "Add":
+            pending.extend(producers.get(name) for name in node.input)
+        elif node.op_type == "Conv" and node.name and node.name not in found:
             found.append(node.name)
     return found
+
+
+def image_convs(model: Any) -> list[str]:
+    """The Convs fed the graph's input (the normalised image): the patch embedding or CNN stem, and the detail
+    refiner's stem."""
+    inputs = {i.name for i in model.graph.input}
+    return [n.name for n in model.graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
 
 
 def quantization_plan(model: Any, mode: str, *, ort_cpu: bool = True) -> tuple[list[str], list[str]]:
@@ -117,7 +130,7 @@ def quantization_plan(model: Any, mode: str, *, ort_cpu: bool = True) -> tuple[l
     convs = [node for node in model.graph.node if node.op_type == "Conv"]
     excluded = []
     if convs:
-        excluded += [convs[0].name, convs[-1].name, *output_convs(model)]
+        excluded += [convs[0].name, convs[-1].name, *output_convs(model), *image_convs(model)]
         excluded += [n.name for n in convs if any(a.name == "group" and a.i > 1 for a in n.attribute)]
     if ort_cpu and mode == "static":
         excluded += activation_matmuls(model) + first_block_matmuls(model)

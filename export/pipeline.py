@@ -87,7 +87,8 @@ def export_bundle(checkpoint: str | Path, out: str | Path, options: ExportOption
     if options.drop_absent and not source.stream.has_class_scores:
         raise CosaConfigError(
             "--drop-absent needs the classifier's class scores, and this run was trained with --supervision full "
-            "(masks only: its classifier never learned); export it without --drop-absent"
+            "without full_class_loss (masks only: its classifier never learned); export it without --drop-absent, "
+            "or retrain with full_class_loss=true"
         )
     dynamic = options.dynamic if options.dynamic is not None else bool(source.tta_scales)
     spec = options.data or source.data_spec

@@ -67,6 +67,15 @@ def check_input_size(size: Sequence[int], stride: int, *, what: str = "--input-s
     return values[0], values[1]
 
 
+def classifier_trained(record: dict[str, Any], run: RunRecord) -> bool:
+    """False for a `--supervision full` run from before `full_class_loss` (or with it off): masks only, so its
+    classifier never learned and its class scores mean nothing."""
+    if run.supervision != "full":
+        return True
+    config = record.get("config") if isinstance(record.get("config"), dict) else {}
+    return bool(config.get("full_class_loss", False))
+
+
 def load_source(
     checkpoint: str | Path, *, network: str = "auto", input_size: Sequence[int] | None = None
 ) -> ExportSource:
@@ -81,7 +90,7 @@ def load_source(
     config = model.model_config()
     stride = int(model.stride)
     run = RunRecord.from_checkpoint(record, size_if_unknown=input_size)
-    if run.supervision == "full":  # trained on masks only: its classifier never learned, its scores mean nothing
+    if not classifier_trained(record, run):
         stream.drop_classifier()
     if input_size:
         size = check_input_size(input_size, stride)

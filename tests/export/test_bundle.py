@@ -25,7 +25,7 @@ from cosa_sdk.export.onnx_export import embed_metadata, export_onnx  # noqa: E40
 from cosa_sdk.export.source import load_source  # noqa: E402
 from cosa_sdk.preprocess import sigmoid  # noqa: E402
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
-from cosa_sdk.training.model.network import SegmentationStream  # noqa: E402
+from cosa_sdk.training.model.network import STREAM_PREFIXES, SegmentationStream  # noqa: E402
 
 
 def export(checkpoint: Path, out: Path, *args: str) -> tuple[Path, str]:
@@ -67,10 +67,11 @@ def int8_key(config: dict) -> str:
 class BaseBundleTester:
     backbone = ""
     input_size = 64
+    detail_channels = 0
 
     @pytest.fixture(scope="class")
     def checkpoint(self) -> Path:
-        return cached_checkpoint(self.backbone, input_size=self.input_size)
+        return cached_checkpoint(self.backbone, input_size=self.input_size, detail_channels=self.detail_channels)
 
     @pytest.fixture(scope="class")
     def exported(self, checkpoint: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
@@ -252,7 +253,8 @@ class BaseBundleTester:
         from safetensors.torch import load_file
 
         weights = load_file(str(bundle / "model.safetensors"))
-        assert weights and all(k.startswith(("backbone.", "decoder.", "classifier.")) for k in weights)
+        assert weights and all(k.startswith(STREAM_PREFIXES) for k in weights)
+        assert any(k.startswith("detail.") for k in weights) == bool(self.detail_channels)
         assert any(k.startswith("decoder.") for k in weights) and "classifier.weight" in weights
         rebuilt = SegmentationStream.from_config(config["model_config"]).eval()
         rebuilt.load_state_dict(weights, strict=True)
@@ -335,6 +337,28 @@ class TestCNNBundle(BaseBundleTester):
     input_size = 96
 
 
+class TestDetailRefinedBundle(BaseBundleTester):
+    """A seg stream whose logits come out at stride 4 (`detail_channels`): its refiner is in every artifact."""
+
+    backbone = "vit_tiny_patch16_224"
+    input_size = 64
+    detail_channels = 16
+
+    def test_the_refiner_is_in_the_graph_and_its_stem_and_correction_stay_fp32(
+        self, bundle: Path, config: dict
+    ) -> None:
+        graph = onnx.load(str(bundle / "model.onnx"))
+        refiner = [n.name for n in graph.graph.node if n.op_type == "Conv" and "/detail/" in n.name]
+        assert len(refiner) == 5  # stem x 2, fuse x 2, correction
+        int8 = onnx.load(str(bundle / config["artifacts"][int8_key(config)]))
+        dequantized = {out for n in int8.graph.node if n.op_type == "DequantizeLinear" for out in n.output}
+        convs = {n.name: n for n in int8.graph.node if n.op_type == "Conv"}
+        stem, correction = convs[refiner[0]], convs[refiner[-1]]
+        assert stem.input[0] == "image" and "correction" in correction.name
+        assert not any(name in dequantized for n in (stem, correction) for name in n.input)
+        assert any(name in dequantized for name in convs[refiner[2]].input)  # a fusing conv runs INT8
+
+
 def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
     """`--supervision full` trains the seg loss only: its classifier never learned, so no scores leave the graph."""
     from cosa_sdk.export.pipeline import ExportOptions, export_bundle
@@ -358,3 +382,21 @@ def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
         assert seg.segment(np.zeros((64, 64, 3), dtype=np.uint8)).class_scores is None
         with pytest.raises(CosaConfigError, match="supervision full"):
             seg.segment(np.zeros((64, 64, 3), dtype=np.uint8), drop_absent=True)
+
+
+def test_a_fully_supervised_run_with_the_class_loss_exports_class_scores(tmp_path: Path) -> None:
+    """`full_class_loss=true` trains the CAM head beside the masks: its scores deploy."""
+    from cosa_sdk.training.engine.checkpoint import save_checkpoint
+    from cosa_sdk.training.run_record import RECORD_KEY
+
+    record = load_checkpoint(cached_checkpoint("vit_tiny_patch16_224", input_size=64))
+    if isinstance(record.get(RECORD_KEY), dict):
+        record[RECORD_KEY] = {**record[RECORD_KEY], "supervision": "full"}
+    else:
+        record["supervision"] = "full"
+    record["config"] = {**(record.get("config") or {}), "full_class_loss": True}
+    bundle, _ = export(save_checkpoint(tmp_path / "full.pt", record), tmp_path / "bundle", "--drop-absent")
+    graph = onnx.load(str(bundle / "model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["logits", "class_scores"]
+    with cosa_sdk.load(bundle) as seg:
+        assert seg.has_class_scores and seg.drop_absent_setting() is True

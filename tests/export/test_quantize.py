@@ -94,6 +94,37 @@ def test_the_convs_that_make_both_outputs_stay_fp32() -> None:
     assert quantization_plan(model, "static")[1] == ["head", "seg", "stem"]  # only "mid" is quantised
 
 
+def test_a_detail_refiner_keeps_its_image_stem_and_correction_in_fp32() -> None:
+    """logits = Resize(Resize(coarse) + correction(fuse(detail_stem(image)))): both terms of the Add make the
+    output, and the refiner's stem reads the raw image like the patch embedding."""
+    shapes = {"w_stem": (8, 3, 3, 3), "w_seg": (3, 8, 1, 1), "w_dstem": (8, 3, 3, 3), "w_fuse": (8, 8, 1, 1)}
+    weights = [numpy_helper.from_array(np.zeros(s, np.float32), n) for n, s in shapes.items()]
+    weights += [
+        numpy_helper.from_array(np.zeros((3, 8, 1, 1), np.float32), "w_corr"),
+        numpy_helper.from_array(np.array([1.0, 1.0, 8.0, 8.0], np.float32), "scales"),
+    ]
+    nodes = [
+        conv("patch_embed", "image", "f", "w_stem"),
+        conv("seg", "f", "coarse", "w_seg"),
+        helper.make_node("Resize", ["coarse", "", "scales"], ["up"], name="up"),
+        conv("detail_stem", "image", "d", "w_dstem"),
+        conv("fuse", "d", "e", "w_fuse"),
+        conv("correction", "e", "corr", "w_corr"),
+        helper.make_node("Add", ["up", "corr"], ["logits"], name="add"),
+    ]
+    body = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
+        initializer=weights,
+    )
+    model = helper.make_model(body)
+    assert sorted(int8_graph.output_convs(model)) == ["correction", "seg"]
+    assert int8_graph.image_convs(model) == ["patch_embed", "detail_stem"]
+    assert quantization_plan(model, "static")[1] == ["correction", "detail_stem", "patch_embed", "seg"]
+
+
 def vit_like(blocks: int = 3) -> onnx.ModelProto:
     """Pre-norm blocks: LayerNorm -> x @ w_qkv, q @ k (both activations), LayerNorm -> fc; a final LayerNorm."""
     weights = [numpy_helper.from_array(np.ones(4, np.float32), n) for n in ("gamma", "beta")]

@@ -104,5 +104,10 @@ def test_a_run_saved_before_the_new_keys_still_means_what_it_meant(name):
     differences = TrainConfig.from_dict(old).differences(current)
     if name == "tiny":
         assert differences == {}
+        assert TrainConfig.from_dict(old).differences(current, supervision="full") == {}
+        # a fully supervised run that trained no classifier, resumed with one, says so
+        changed = dataclasses.replace(current, full_class_loss=True)
+        assert TrainConfig.from_dict(old).differences(changed, supervision="full") == {"full_class_loss": (False, True)}
+        assert TrainConfig.from_dict(old).differences(changed) == {}  # weakly supervised: it changes nothing
     else:
         assert "warmup_zero_terms" in differences and "crf_filter" in differences

@@ -87,7 +87,7 @@ class TrainingIteration:
             if self.losses is not None:
                 loss, terms, pseudo = self.losses(self.model, self.assignment, batch, step)
             else:
-                (loss, terms), pseudo = supervised_loss(self.model, batch), None
+                (loss, terms), pseudo = supervised_loss(self.model, batch, class_loss=cfg.full_class_loss), None
         if not torch.isfinite(loss):
             raise CosaModelError(
                 f"the loss became {loss.item()} at iteration {step}: lower lr "

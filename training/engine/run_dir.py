@@ -29,7 +29,7 @@ def run_differences(
 
     The preset name counts only when both sides name one (runs started from Python may have none).
     """
-    diff = TrainConfig.from_dict(record["config"]).differences(config)
+    diff = TrainConfig.from_dict(record["config"]).differences(config, supervision=supervision)
     if preset_name is not None and record.get("preset") not in (None, preset_name):
         diff["preset"] = (record.get("preset"), preset_name)
     if record.get("data", {}).get("spec") != data_spec:

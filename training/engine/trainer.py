@@ -85,6 +85,7 @@ class Trainer:
             aux_layer=cfg.aux_layer,
             decoder_channels=cfg.decoder_channels,
             dilation=cfg.dilation,
+            detail_channels=cfg.detail_channels,
             freeze_blocks=cfg.freeze_blocks,
             backbone_weights=cfg.backbone_weights,
             backbone_kwargs=cfg.backbone_kwargs,

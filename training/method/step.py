@@ -189,8 +189,11 @@ class CoSALosses(nn.Module):
                 tracker.load_state_dict(saved)
 
 
-def supervised_loss(online: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
-    """`--supervision full`: cross-entropy of the segmentation stream on ground-truth masks (the upper bound)."""
+def supervised_loss(
+    online: nn.Module, batch: dict[str, torch.Tensor], *, class_loss: bool = True
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """`--supervision full`: cross-entropy of the segmentation stream on ground-truth masks (the upper bound),
+    plus the CAM head's classification loss on the image labels when `class_loss` (its class scores deploy)."""
     out = online(batch["strong"])
     seg = F.interpolate(out.seg, size=batch["strong"].shape[-2:], mode="bilinear", align_corners=False)
     mask = batch["mask"]
@@ -198,7 +201,12 @@ def supervised_loss(online: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[
         loss = seg.sum() * 0.0
     else:
         loss = F.cross_entropy(seg, mask, ignore_index=255)
-    return loss, {"seg_ce": loss.item()}
+    terms = {"seg_ce": loss.item()}
+    if class_loss:
+        l_cls = classification_loss(out.logits, batch["labels"])
+        loss = loss + l_cls
+        terms["cls"] = l_cls.item()
+    return loss, terms
 
 
 def _roi(box: torch.Tensor, size: torch.Size, device: torch.device) -> torch.Tensor:

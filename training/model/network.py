@@ -16,8 +16,10 @@ from torch import nn
 
 from cosa_sdk.errors import CosaModelError
 from cosa_sdk.training.model.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
+from cosa_sdk.training.model.detail import DetailRefiner
 
-STREAM_PREFIXES = ("backbone.", "decoder.", "classifier.")  # the tensors a bundle's model.safetensors holds
+# the tensors a bundle's model.safetensors holds
+STREAM_PREFIXES = ("backbone.", "decoder.", "detail.", "classifier.")
 
 
 class CoSAOutput(NamedTuple):
@@ -47,6 +49,14 @@ def image_logits(classifier: nn.Module, features: torch.Tensor) -> torch.Tensor:
     return classifier(F.adaptive_max_pool2d(features, 1)).flatten(1)
 
 
+def segment_logits(
+    decoder: nn.Module, detail: DetailRefiner | None, feats: BackboneFeatures, images: torch.Tensor
+) -> torch.Tensor:
+    """Seg logits at the backbone's stride, or at stride 4 through the detail refiner when there is one."""
+    coarse = decoder(feats.seg)
+    return coarse if detail is None else detail(coarse, images)
+
+
 def network_config(
     *,
     backbone: str,
@@ -56,9 +66,13 @@ def network_config(
     dilation: int = 5,
     freeze_blocks: int = 0,
     backbone_kwargs: dict[str, Any] | None = None,
+    detail_channels: int = 0,
 ) -> dict[str, Any]:
-    """The JSON-able architecture description that `CoSANetwork.from_config` rebuilds."""
-    return {
+    """The JSON-able architecture description that `CoSANetwork.from_config` rebuilds.
+
+    `detail_channels` is written only when a refiner exists, so configs of networks without one stay as
+    they were (and old ones, which lack the key, mean 0)."""
+    config = {
         "backbone": backbone,
         "num_classes": int(num_classes),
         "aux_layer": aux_layer,
@@ -67,6 +81,9 @@ def network_config(
         "freeze_blocks": int(freeze_blocks),
         "backbone_kwargs": dict(backbone_kwargs or {}),
     }
+    if detail_channels:
+        config["detail_channels"] = int(detail_channels)
+    return config
 
 
 class CoSANetwork(nn.Module):
@@ -74,6 +91,8 @@ class CoSANetwork(nn.Module):
 
     `num_classes` counts foreground classes (C). Image logits are the CAM head applied to the global
     max pool of the features; CAMs are the same 1x1 weights applied per pixel (no ReLU inside).
+    `detail_channels` > 0 adds a `DetailRefiner`: the seg logits come out at stride 4 instead of the
+    backbone's stride.
     """
 
     def __init__(
@@ -87,6 +106,7 @@ class CoSANetwork(nn.Module):
         freeze_blocks: int = 0,
         backbone_weights: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
+        detail_channels: int = 0,
     ) -> None:
         super().__init__()
         self.config = network_config(
@@ -97,6 +117,7 @@ class CoSANetwork(nn.Module):
             dilation=dilation,
             freeze_blocks=freeze_blocks,
             backbone_kwargs=backbone_kwargs,
+            detail_channels=detail_channels,
         )
         self.backbone = build_backbone(
             backbone,
@@ -114,6 +135,7 @@ class CoSANetwork(nn.Module):
             channels=decoder_channels,
             dilation=dilation,
         )
+        self.detail = DetailRefiner(num_outputs=num_classes + 1, channels=detail_channels) if detail_channels else None
 
     def _resolved_aux_layer(self) -> int:
         if self.config["aux_layer"] is not None:
@@ -136,20 +158,23 @@ class CoSANetwork(nn.Module):
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> CoSANetwork:
         return cls(**{**config, **overrides})
 
-    def _heads(self, feats: BackboneFeatures) -> CoSAOutput:
+    def _seg(self, feats: BackboneFeatures, images: torch.Tensor) -> torch.Tensor:
+        return segment_logits(self.decoder, self.detail, feats, images)
+
+    def _heads(self, feats: BackboneFeatures, images: torch.Tensor) -> CoSAOutput:
         logits = image_logits(self.classifier, feats.final)
         aux_logits = self.aux_classifier(F.adaptive_max_pool2d(feats.aux, 1)).flatten(1)
         return CoSAOutput(
             logits=logits,
             aux_logits=aux_logits,
             features=feats.final,
-            seg=self.decoder(feats.seg),
+            seg=self._seg(feats, images),
             cam=self.classifier(feats.final),
             aux_cam=self.aux_classifier(feats.aux),
         )
 
     def forward(self, images: torch.Tensor) -> CoSAOutput:
-        return self._heads(self.backbone(images))
+        return self._heads(self.backbone(images), images)
 
     def forward_cams(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(images)
@@ -158,26 +183,28 @@ class CoSANetwork(nn.Module):
     def forward_all_maps(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(cam, aux_cam, seg) at the backbone's stride: what the teacher's multi-scale fusion needs."""
         feats = self.backbone(images)
-        return self.classifier(feats.final), self.aux_classifier(feats.aux), self.decoder(feats.seg)
+        return self.classifier(feats.final), self.aux_classifier(feats.aux), self._seg(feats, images)
 
     def forward_seg(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decoder(self.backbone(images, with_aux=False).seg)
+        return self._seg(self.backbone(images, with_aux=False), images)
 
     def seg_stream(self, *, with_class_scores: bool = False) -> SegmentationStream:
-        """The deployable segmentation stream, sharing this network's backbone, decoder and CAM head modules.
+        """The deployable segmentation stream, sharing this network's backbone, decoder, detail refiner and CAM
+        head modules.
 
         with_class_scores: forward returns (seg logits, image-level class logits) instead of the seg logits.
         """
         return SegmentationStream(
             backbone_module=self.backbone,
             decoder_module=self.decoder,
+            detail_module=self.detail,
             classifier_module=self.classifier,
             config=self.config,
             with_class_scores=with_class_scores,
         )
 
     def seg_stream_state_dict(self) -> dict[str, torch.Tensor]:
-        """The stream's tensors (backbone, decoder, CAM head): what `SegmentationStream.load_state_dict` takes."""
+        """The stream's tensors (backbone, decoder, detail refiner, CAM head), as `SegmentationStream` loads them."""
         return {k: v for k, v in self.state_dict().items() if k.startswith(STREAM_PREFIXES)}
 
 
@@ -197,6 +224,7 @@ class SegmentationStream(nn.Module):
         config: dict[str, Any],
         backbone_module: ViTBackbone | CNNBackbone | None = None,
         decoder_module: LargeFOV | None = None,
+        detail_module: DetailRefiner | None = None,
         classifier_module: nn.Conv2d | None = None,
         with_class_scores: bool = False,
     ) -> None:
@@ -204,10 +232,11 @@ class SegmentationStream(nn.Module):
         self.config = copy.deepcopy(config)
         if backbone_module is None or decoder_module is None:
             donor = CoSANetwork.from_config(self.config)
-            backbone_module, decoder_module = donor.backbone, donor.decoder
+            backbone_module, decoder_module, detail_module = donor.backbone, donor.decoder, donor.detail
             classifier_module = classifier_module if classifier_module is not None else donor.classifier
         self.backbone = backbone_module
         self.decoder = decoder_module
+        self.detail = detail_module
         self.classifier = classifier_module
         self.with_class_scores = self._checked(with_class_scores)
 
@@ -235,6 +264,7 @@ class SegmentationStream(nn.Module):
             config=self.config,
             backbone_module=self.backbone,
             decoder_module=self.decoder,
+            detail_module=self.detail,
             classifier_module=self.classifier,
             with_class_scores=self._checked(enabled),
         )
@@ -248,7 +278,8 @@ class SegmentationStream(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         feats = self.backbone(images, with_aux=False)
-        logits = F.interpolate(self.decoder(feats.seg), size=images.shape[-2:], mode="bilinear", align_corners=False)
+        seg = segment_logits(self.decoder, self.detail, feats, images)
+        logits = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if not self.with_class_scores:
             return logits
         return logits, image_logits(self.classifier, feats.final)

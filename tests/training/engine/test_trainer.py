@@ -175,11 +175,24 @@ def test_the_paper_techniques_train_through_the_engine(tmp_path) -> None:
 
 
 def test_full_supervision_trains_the_seg_stream_on_masks(tmp_path) -> None:
-    trainer = Trainer(tiny_config(iters=3), run_dir=tmp_path / "full", data_spec=DATA, supervision="full")
+    config = tiny_config(iters=3, full_class_loss=True)
+    trainer = Trainer(config, run_dir=tmp_path / "full", data_spec=DATA, supervision="full")
+    before = trainer.online.classifier.weight.detach().clone()
     summary = trainer.fit()
     assert trainer.assignment is None
     online = summary["metrics"]["online"]
     assert online["cam_miou"] is None and online["seg_miou"] is not None
+    logged = [json.loads(line) for line in (tmp_path / "full" / "metrics.jsonl").read_text().splitlines()]
+    assert all(e["cls"] > 0 for e in logged if "seg_ce" in e)  # the CAM head learns the image labels too
+    assert not torch.equal(trainer.online.classifier.weight, before)
+
+
+def test_full_supervision_without_the_class_loss_leaves_the_classifier_alone(tmp_path) -> None:
+    config = tiny_config(iters=2)  # full_class_loss is off by default
+    trainer = Trainer(config, run_dir=tmp_path / "full", data_spec=DATA, supervision="full")
+    before = trainer.online.classifier.weight.detach().clone()
+    trainer.fit()
+    assert torch.equal(trainer.online.classifier.weight, before)
 
 
 DDP_SCRIPT = textwrap.dedent(

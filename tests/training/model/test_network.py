@@ -18,6 +18,7 @@ class BaseNetworkTester:
     backbone: str = ""
     input_size: tuple[int, int] = (64, 64)
     stride: int = 16
+    seg_stride: int | None = None  # the seg logits' stride when it is not the backbone's (a detail refiner)
     extra: dict = {}  # noqa: RUF012
 
     @pytest.fixture(scope="class")
@@ -37,7 +38,9 @@ class BaseNetworkTester:
         assert out.aux_logits.shape == (2, NUM_CLASSES)
         assert out.cam.shape == (2, NUM_CLASSES, h, w)
         assert out.aux_cam.shape == (2, NUM_CLASSES, h, w)
-        assert out.seg.shape == (2, NUM_CLASSES + 1, h, w)
+        seg_stride = self.seg_stride or self.stride
+        seg_h, seg_w = (-(-s // seg_stride) for s in self.input_size)
+        assert out.seg.shape == (2, NUM_CLASSES + 1, seg_h, seg_w)
 
     def test_logits_are_cam_head_on_max_pooled_features(self, network: CoSANetwork) -> None:
         with torch.no_grad():
@@ -136,6 +139,58 @@ class TestPatch14ViT(BaseNetworkTester):
     input_size = (56, 70)
     stride = 14
     extra = {"freeze_blocks": 8}  # noqa: RUF012
+
+
+class TestDetailRefinedViT(BaseNetworkTester):
+    backbone = "vit_small_patch14_dinov2"
+    input_size = (56, 70)
+    stride = 14
+    seg_stride = 4
+    extra = {"freeze_blocks": 8, "detail_channels": 16}  # noqa: RUF012
+
+    def test_a_fresh_refiner_returns_the_coarse_logits_upsampled(self) -> None:
+        torch.manual_seed(0)
+        plain = CoSANetwork(backbone=self.backbone, num_classes=NUM_CLASSES, decoder_channels=32, freeze_blocks=8)
+        torch.manual_seed(0)
+        refined = CoSANetwork(backbone=self.backbone, num_classes=NUM_CLASSES, decoder_channels=32, **self.extra)
+        images = self.images(batch=1)
+        with torch.no_grad():
+            coarse, seg = plain.eval().forward_seg(images), refined.eval().forward_seg(images)
+        expected = torch.nn.functional.interpolate(coarse, size=seg.shape[-2:], mode="bilinear", align_corners=False)
+        torch.testing.assert_close(seg, expected)
+
+    def test_the_refiner_learns_and_travels_with_the_stream(self, network: CoSANetwork) -> None:
+        trained = CoSANetwork.from_config(network.model_config())
+        trained.load_state_dict(network.state_dict())
+        images, target = self.images(batch=1), torch.zeros(1, 14, 18, dtype=torch.long)
+        target[:, 4:9, 3:5] = 2  # a bar two stride-4 cells wide: thinner than one 14 px patch
+        optimizer = torch.optim.Adam(trained.detail.parameters(), lr=1e-2)
+        for _ in range(30):
+            optimizer.zero_grad()
+            torch.nn.functional.cross_entropy(trained.forward_seg(images), target).backward()
+            optimizer.step()
+        assert float(trained.detail.correction.weight.detach().abs().sum()) > 0
+        assert (trained.forward_seg(images).argmax(1) == target).float().mean() > 0.95
+        assert any(k.startswith("detail.") for k in trained.seg_stream_state_dict())
+        rebuilt = SegmentationStream.from_config(trained.model_config()).eval()
+        rebuilt.load_state_dict(trained.seg_stream_state_dict())
+        with torch.no_grad():
+            torch.testing.assert_close(rebuilt(images), trained.eval().seg_stream()(images))
+
+    def test_configs_without_a_refiner_do_not_name_one(self) -> None:
+        plain = CoSANetwork(backbone=self.backbone, num_classes=NUM_CLASSES, decoder_channels=32, freeze_blocks=8)
+        assert "detail_channels" not in plain.model_config()
+        assert plain.detail is None
+        assert not any(k.startswith("detail.") for k in plain.seg_stream_state_dict())
+
+
+def test_detail_channels_must_be_zero_or_an_even_width() -> None:
+    from cosa_sdk.training.config import TrainConfig
+
+    assert TrainConfig(detail_channels=32).detail_channels == 32
+    for bad in (-2, 3, 1.5, True):
+        with pytest.raises(CosaConfigError, match="detail_channels"):
+            TrainConfig(detail_channels=bad)
 
 
 def test_unknown_backbone_is_a_config_error() -> None:
