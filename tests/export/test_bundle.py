@@ -359,10 +359,8 @@ class TestDetailRefinedBundle(BaseBundleTester):
         assert any(name in dequantized for name in convs[refiner[2]].input)  # a fusing conv runs INT8
 
 
-def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
-    """`--supervision full` trains the seg loss only: its classifier never learned, so no scores leave the graph."""
-    from cosa_sdk.export.pipeline import ExportOptions, export_bundle
-    from cosa_sdk.training.engine.checkpoint import save_checkpoint
+def fully_supervised_record() -> dict:
+    """The cached ViT checkpoint's record, relabelled as a `--supervision full` run."""
     from cosa_sdk.training.run_record import RECORD_KEY
 
     record = load_checkpoint(cached_checkpoint("vit_tiny_patch16_224", input_size=64))
@@ -370,7 +368,15 @@ def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
         record[RECORD_KEY] = {**record[RECORD_KEY], "supervision": "full"}
     else:
         record["supervision"] = "full"
-    checkpoint = save_checkpoint(tmp_path / "full.pt", record)
+    return record
+
+
+def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
+    """`--supervision full` trains the seg loss only: its classifier never learned, so no scores leave the graph."""
+    from cosa_sdk.export.pipeline import ExportOptions, export_bundle
+    from cosa_sdk.training.engine.checkpoint import save_checkpoint
+
+    checkpoint = save_checkpoint(tmp_path / "full.pt", fully_supervised_record())
     with pytest.raises(CosaConfigError, match="--supervision full"):
         export_bundle(checkpoint, tmp_path / "refused", ExportOptions(drop_absent=True))
     assert not (tmp_path / "refused").exists()
@@ -387,13 +393,8 @@ def test_a_fully_supervised_run_exports_no_class_scores(tmp_path: Path) -> None:
 def test_a_fully_supervised_run_with_the_class_loss_exports_class_scores(tmp_path: Path) -> None:
     """`full_class_loss=true` trains the CAM head beside the masks: its scores deploy."""
     from cosa_sdk.training.engine.checkpoint import save_checkpoint
-    from cosa_sdk.training.run_record import RECORD_KEY
 
-    record = load_checkpoint(cached_checkpoint("vit_tiny_patch16_224", input_size=64))
-    if isinstance(record.get(RECORD_KEY), dict):
-        record[RECORD_KEY] = {**record[RECORD_KEY], "supervision": "full"}
-    else:
-        record["supervision"] = "full"
+    record = fully_supervised_record()
     record["config"] = {**(record.get("config") or {}), "full_class_loss": True}
     bundle, _ = export(save_checkpoint(tmp_path / "full.pt", record), tmp_path / "bundle", "--drop-absent")
     graph = onnx.load(str(bundle / "model.onnx"))

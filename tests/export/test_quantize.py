@@ -112,14 +112,7 @@ def test_a_detail_refiner_keeps_its_image_stem_and_correction_in_fp32() -> None:
         conv("correction", "e", "corr", "w_corr"),
         helper.make_node("Add", ["up", "corr"], ["logits"], name="add"),
     ]
-    body = helper.make_graph(
-        nodes,
-        "g",
-        [helper.make_tensor_value_info("image", TensorProto.FLOAT, [1, 3, 8, 8])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, None)],
-        initializer=weights,
-    )
-    model = helper.make_model(body)
+    model = image_to_logits_model(nodes, weights)
     assert sorted(int8_graph.output_convs(model)) == ["correction", "seg"]
     assert int8_graph.image_convs(model) == ["patch_embed", "detail_stem"]
     assert quantization_plan(model, "static")[1] == ["correction", "detail_stem", "patch_embed", "seg"]
