@@ -99,9 +99,10 @@ def _add_export(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--drop-absent",
         action=argparse.BooleanOptionalAction,
-        default=False,
+        default=None,
         help="record in cosa.json that the SDK, by default, lets pixels take only background or the classes the "
-        "classifier scores present (default: %(default)s; `cosa segment --drop-absent/--keep-absent` overrides)",
+        "classifier scores present (default: on when the model gives class scores, i.e. weakly supervised runs; "
+        "`cosa segment --drop-absent/--keep-absent` overrides per call)",
     )
     p.add_argument(
         "--edge-aware",

@@ -24,7 +24,9 @@ ADDED_KEYS = {
     "cam_refine_dilations": (1, 2, 4, 8, 12, 24),
     "detail_channels": 0,
     "full_class_loss": False,
+    "rescale_base": "image",
 }
+RESCALE_BASES = ("image", "eval")
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
 RUNTIME_KEYS = frozenset(
@@ -51,6 +53,10 @@ class TrainConfig:
     resolution: str = "preset"
     crop_size: int = 448
     rescale_range: tuple[float, float] = (0.5, 2.0)
+    # what rescale_range multiplies: "image" the image's own size (the released recipe, right when images are
+    # evaluated near their own size); "eval" the eval_size x eval_size square every image is evaluated and
+    # exported at, so training sees objects at the scale inference does whatever the images' sizes
+    rescale_base: str = "image"
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     batch_size: int = 4  # global: split evenly over the processes of a torchrun job
@@ -129,11 +135,21 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_cam_refine(self)
+        if self.rescale_base not in RESCALE_BASES:
+            raise CosaConfigError(
+                f"rescale_base must be 'image' (rescale each image's own size) or 'eval' (rescale the eval_size "
+                f"square it is scored and deployed at), got {self.rescale_base!r}"
+            )
         width = self.detail_channels
         if isinstance(width, bool) or not isinstance(width, int) or width < 0 or width % 2:
             raise CosaConfigError(
                 f"detail_channels must be 0 (no detail refiner) or an even width such as 32, got {width!r}"
             )
+
+    @property
+    def rescale_base_size(self) -> int | None:
+        """The square side training rescales from: None for each image's own size (rescale_base "image")."""
+        return int(self.eval_size or self.crop_size) if self.rescale_base == "eval" else None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -239,6 +255,10 @@ PRESETS: dict[str, TrainConfig] = {
         dilation=2,
         crop_size=168,
         rescale_range=(0.7, 1.3),
+        # train at the scale the model is scored and deployed at: fully supervised on benchmark v3 (128-px
+        # images) this took label-free seg mIoU from 40.1 to 58.7 at the same steps (README, "Training at
+        # the scale of inference")
+        rescale_base="eval",
         batch_size=16,
         num_workers=1,
         iters=330,

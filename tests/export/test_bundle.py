@@ -98,7 +98,8 @@ class BaseBundleTester:
         assert config["artifacts"] == {"torch": "model.safetensors", "onnx": "model.onnx", key: INT8_FILES[key]}
         assert config["onnx"]["input"] == "image" and config["onnx"]["output"] == "logits"
         assert config["onnx"]["outputs"] == ["logits", "class_scores"]
-        assert config["postprocess"] == {"drop_absent": False, "class_threshold": 0.5, "edge_aware": False}
+        # the graph gives class scores, so dropping absent classes is the SDK's default
+        assert config["postprocess"] == {"drop_absent": True, "class_threshold": 0.5, "edge_aware": False}
         assert config["onnx"]["opset"] >= 17 and config["onnx"]["dynamic"] is False
         assert config["network"] == "online"
         assert sorted(p.name for p in bundle.iterdir()) == sorted(
@@ -118,7 +119,7 @@ class BaseBundleTester:
         for name in config["artifacts"].values():
             assert name in report
         assert "parity fp32: max |logit diff|" in report and "over 8 images (dataset custom:" in report
-        assert "parity class scores: max |diff|" in report and "postprocess: drop_absent off by default" in report
+        assert "parity class scores: max |diff|" in report and "postprocess: drop_absent on by default" in report
         int8 = config["metrics"]["int8"]
         assert f"speed-up {int8['speedup']:.2f}x" in report and "int8: argmax agreement" in report
         validation, photos = (100 * int8["agreement"][k] for k in ("validation", "photos"))
@@ -172,7 +173,9 @@ class BaseBundleTester:
         with torch.inference_mode():
             expected = torch_stream(checkpoint)(torch.from_numpy(normalised(images, config))).argmax(1).numpy()
         segmenter = cosa_sdk.load(bundle, backend="onnxruntime")
-        masks = np.stack([r.mask for r in segmenter.segment(list(images))])
+        masks = np.stack([r.mask for r in segmenter.segment(list(images), drop_absent=False)])
+        dropped = np.stack([r.mask for r in segmenter.segment(list(images), drop_absent=True)])
+        np.testing.assert_array_equal(np.stack([r.mask for r in segmenter.segment(list(images))]), dropped)
         assert masks.shape == truth.shape
         assert agreement(masks, expected) >= 0.999
         assert agreement(masks, truth) > 0.7  # a trained model, not a constant one
@@ -268,7 +271,10 @@ class BaseBundleTester:
         lone = cosa_sdk.load(bundle / "model.onnx")
         full = cosa_sdk.load(bundle, backend="onnxruntime")
         assert lone.classes == full.classes
-        np.testing.assert_array_equal(lone.segment(scenes[0][0]).mask, full.segment(scenes[0][0]).mask)
+        for drop in (False, True):
+            np.testing.assert_array_equal(
+                lone.segment(scenes[0][0], drop_absent=drop).mask, full.segment(scenes[0][0], drop_absent=drop).mask
+            )
 
 
 def one_output_bundle(bundle: Path, checkpoint: Path, out: Path) -> Path:
@@ -304,7 +310,8 @@ class TestViTBundle(BaseBundleTester):
         for backend in ("onnxruntime", "torch"):
             with cosa_sdk.load(old, backend=backend) as before, cosa_sdk.load(bundle, backend=backend) as now:
                 assert not before.has_class_scores and now.has_class_scores
-                then, today = before.segment(images, return_scores=True), now.segment(images, return_scores=True)
+                then = before.segment(images, return_scores=True)
+                today = now.segment(images, return_scores=True, drop_absent=False)
                 for a, b in zip(then, today):
                     np.testing.assert_array_equal(a.mask, b.mask)
                     np.testing.assert_allclose(a.scores, b.scores, atol=1e-6)

@@ -103,11 +103,24 @@ def test_a_run_saved_before_the_new_keys_still_means_what_it_meant(name):
     old = {k: v for k, v in current.to_dict().items() if k not in ADDED_KEYS}
     differences = TrainConfig.from_dict(old).differences(current)
     if name == "tiny":
-        assert differences == {}
+        # the one change of meaning since: tiny now rescales from the eval square, and an old run says so
+        assert differences == {"rescale_base": ("image", "eval")}
+        current = dataclasses.replace(current, rescale_base="image")
+        assert TrainConfig.from_dict(old).differences(current) == {}
         assert TrainConfig.from_dict(old).differences(current, supervision="full") == {}
         # a fully supervised run that trained no classifier, resumed with one, says so
         changed = dataclasses.replace(current, full_class_loss=True)
         assert TrainConfig.from_dict(old).differences(changed, supervision="full") == {"full_class_loss": (False, True)}
         assert TrainConfig.from_dict(old).differences(changed) == {}  # weakly supervised: it changes nothing
+        assert TrainConfig.from_dict(old).rescale_base_size is None  # images rescaled from their own size
     else:
         assert "warmup_zero_terms" in differences and "crf_filter" in differences
+
+
+def test_rescale_base_picks_the_side_training_rescales_from():
+    tiny = preset("tiny")
+    assert dataclasses.replace(tiny, rescale_base="image").rescale_base_size is None
+    assert dataclasses.replace(tiny, rescale_base="eval", eval_size=None).rescale_base_size == tiny.crop_size
+    assert dataclasses.replace(tiny, rescale_base="eval", eval_size=252).rescale_base_size == 252
+    with pytest.raises(CosaConfigError, match=r"rescale_base must be 'image'.*or 'eval'"):
+        dataclasses.replace(tiny, rescale_base="native")

@@ -64,6 +64,7 @@ def build_dataset(
     seed: int = 0,
     supervision: str = "weak",
     rescale_range: tuple[float, float] = (0.5, 2.0),
+    base_size: int | None = None,
     eval_size: int | None = None,
     mode: str | None = None,
     blur_prob: float = 0.5,
@@ -91,6 +92,7 @@ def build_dataset(
         std=std,
         seed=seed,
         rescale_range=rescale_range,
+        base_size=base_size,
         blur_prob=blur_prob,
         supervision=supervision,
     )

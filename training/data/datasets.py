@@ -142,6 +142,7 @@ class TrainDataset(ItemDataset):
         std: Sequence[float] = IMAGENET_STD,
         seed: int = 0,
         rescale_range: tuple[float, float] = (0.5, 2.0),
+        base_size: int | None = None,
         blur_prob: float = 0.5,
         supervision: str = "weak",
     ) -> None:
@@ -151,11 +152,14 @@ class TrainDataset(ItemDataset):
         low, high = (float(v) for v in rescale_range)
         if not 0 < low <= high:
             raise CosaConfigError(f"rescale_range must be (low, high) with 0 < low <= high, got {rescale_range}.")
+        if base_size is not None and (isinstance(base_size, bool) or not isinstance(base_size, int) or base_size <= 0):
+            raise CosaConfigError(f"base_size must be a positive integer or None, got {base_size!r}.")
         if supervision not in ("weak", "full"):
             raise CosaConfigError(f"supervision must be 'weak' or 'full', got {supervision!r}.")
         self.crop_size = crop_size
         self.seed = int(seed)
         self.rescale_range = (low, high)
+        self.base_size = base_size
         self.blur_prob = float(blur_prob)
         self.supervision = supervision
         if supervision == "full":
@@ -197,7 +201,12 @@ class TrainDataset(ItemDataset):
         mask = self._load_mask(item, image.size)
         labels = self._labels(item, mask)
         params = sample_params(
-            rng, image.size, crop_size=self.crop_size, rescale_range=self.rescale_range, blur_prob=self.blur_prob
+            rng,
+            image.size,
+            crop_size=self.crop_size,
+            rescale_range=self.rescale_range,
+            blur_prob=self.blur_prob,
+            base_size=self.base_size,
         )
         weak, strong, mask_crop = weak_strong_views(image, mask, params, self.crop_size)
         if mask_crop is None:

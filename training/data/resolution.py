@@ -134,7 +134,8 @@ def resolve_resolution(config: TrainConfig, data_spec: str) -> tuple[TrainConfig
     stride = backbone_stride(config.backbone, **config.backbone_kwargs)
     choice = choose_resolution(measure_objects(indexes), preset_side=config.crop_size, stride=stride)
     sized = dataclasses.replace(config, crop_size=choice.crop_size, eval_size=choice.eval_size)
-    return sized, f"resolution: crop {choice.crop_size}, eval {choice.eval_size} ({choice.reason})"
+    rescaled = f"; crops cut from images resized to {choice.eval_size} px" if config.rescale_base == "eval" else ""
+    return sized, f"resolution: crop {choice.crop_size}, eval {choice.eval_size} ({choice.reason}){rescaled}"
 
 
 def _multiple(value: float, stride: int, *, down: bool = False) -> int:

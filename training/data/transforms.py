@@ -53,9 +53,14 @@ def sample_params(
     crop_size: int,
     rescale_range: tuple[float, float] = (0.5, 2.0),
     blur_prob: float = 0.5,
+    base_size: int | None = None,
 ) -> AugParams:
-    """Draw the augmentation of one sample for an image of (width, height) `size`."""
-    width, height = size
+    """Draw the augmentation of one sample for an image of (width, height) `size`.
+
+    The rescale multiplies the image's own size, or with `base_size` the base_size x base_size square the
+    image is evaluated at (aspect ratio not kept, as in evaluation), so training sees inference's scale.
+    """
+    width, height = (base_size, base_size) if base_size else size
     scale = float(rng.uniform(*rescale_range))
     sw, sh = max(1, int(scale * width)), max(1, int(scale * height))
     flip = bool(rng.random() < 0.5)

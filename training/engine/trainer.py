@@ -68,6 +68,7 @@ class Trainer:
             seed=cfg.seed,
             supervision=supervision,
             rescale_range=cfg.rescale_range,
+            base_size=cfg.rescale_base_size,
         )
         self.run = RunRecord.for_training(
             cfg,

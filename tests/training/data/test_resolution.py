@@ -77,6 +77,9 @@ def test_auto_resolution_resizes_the_run_and_preset_leaves_it(tmp_path: Path) ->
     config = dataclasses.replace(preset("tiny"), resolution="auto")
     sized, note = resolve_resolution(config, spec)
     assert sized.crop_size == sized.eval_size == 224 and note.startswith("resolution: crop 224, eval 224")
+    assert note.endswith("; crops cut from images resized to 224 px")  # tiny rescales from the eval square
+    _, released = resolve_resolution(dataclasses.replace(config, rescale_base="image"), spec)
+    assert "resized to" not in released
     unchanged, none = resolve_resolution(dataclasses.replace(config, resolution="preset"), spec)
     assert unchanged.crop_size == 168 and unchanged.eval_size is None and none is None
     with pytest.raises(CosaConfigError, match="resolution must be one of preset, auto"):

@@ -220,6 +220,21 @@ def test_varied_sizes_load_for_training_and_evaluation(tmp_path: Path) -> None:
     assert all(val[i]["image"].shape == (3, 48, 48) for i in range(3)) and len(shapes) == 3
 
 
+def test_training_can_rescale_from_the_eval_square(tmp_path: Path) -> None:
+    """128-px images fill a 200-px crop when rescaled from the eval square, as they are at inference; rescaled
+    from their own size they fill 128 of its 200 pixels and the rest is padding."""
+    spec = "synthetic:n_train=2,n_val=1,seed=1,version=3"
+    kwargs = {"crop_size": 200, "rescale_range": (1.0, 1.0), "cache_root": tmp_path}
+    own = build_dataset(spec, "train", **kwargs)
+    square = build_dataset(spec, "train", base_size=200, **kwargs)
+    for i in range(2):
+        assert square[i]["box"].tolist() == [0, 200, 0, 200]
+        y0, y1, x0, x1 = own[i]["box"].tolist()
+        assert (y1 - y0, x1 - x0) == (128, 128)
+    with pytest.raises(CosaConfigError, match="base_size must be a positive integer"):
+        build_dataset(spec, "train", base_size=0, **kwargs)
+
+
 class TestSyntheticV3Reader(ReaderConformance):
     """Benchmark v3 through every reader check: other classes, several instances per class."""
 

@@ -56,6 +56,14 @@ def test_sample_params_ranges() -> None:
     assert narrow.scaled_size == (100, 60)
 
 
+def test_a_base_size_rescales_the_eval_square_not_the_image() -> None:
+    rng = np.random.default_rng(1)
+    draws = [sample_params(rng, (100, 60), crop_size=64, rescale_range=(0.5, 2.0), base_size=80) for _ in range(50)]
+    assert all(p.scaled_size == (int(p.scale * 80), int(p.scale * 80)) for p in draws)
+    same = sample_params(np.random.default_rng(2), (100, 60), crop_size=64, rescale_range=(1.0, 1.0), base_size=80)
+    assert same.scaled_size == (80, 80)
+
+
 def test_crop_larger_than_image_pads_with_zeros_and_box_marks_the_image() -> None:
     image = _image(10, 6)
     mask = np.arange(60, dtype=np.uint8).reshape(6, 10) % 5
