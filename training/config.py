@@ -147,9 +147,14 @@ class TrainConfig:
             )
 
     @property
+    def eval_side(self) -> int:
+        """The square side images are scored and exported at: eval_size, else the crop size."""
+        return int(self.eval_size or self.crop_size)
+
+    @property
     def rescale_base_size(self) -> int | None:
         """The square side training rescales from: None for each image's own size (rescale_base "image")."""
-        return int(self.eval_size or self.crop_size) if self.rescale_base == "eval" else None
+        return self.eval_side if self.rescale_base == "eval" else None
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))

@@ -69,7 +69,7 @@ class RunRecord:
         preset: str | None = None,
     ) -> RunRecord:
         """The record of a run `config` trains: scored and exported at `eval_size`, else at the crop size."""
-        side = int(config.eval_size or config.crop_size)
+        side = config.eval_side
         return cls(
             classes=tuple(str(c) for c in classes),
             palette=_palette(palette),
