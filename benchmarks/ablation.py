@@ -264,6 +264,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.overrides:
         from cosa_sdk.training.config import apply_overrides
 
+        named_by_rows = sorted({o.split("=", 1)[0] for o in args.overrides} & set(TECHNIQUES))
+        if named_by_rows:  # row_config sets these per row: an override would be silently dropped
+            raise SystemExit(
+                f"ablation.py: {', '.join(named_by_rows)} is set by each row, not by key=value; "
+                f"choose rows that switch it instead (--rows {' '.join(r for r in ROWS if r != 'released')})"
+            )
         base = apply_overrides(base, args.overrides)
     specs = benchmark_specs(data_spec, args.benchmarks)
     to_run = {label: benchmark_info(spec) for label, spec in specs.items()}

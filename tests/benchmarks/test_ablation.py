@@ -201,3 +201,9 @@ def test_post_processing_scores_are_averaged_per_row_and_tabled() -> None:
     table = ablation.format_postprocess([row])
     assert "35.0 / 40" in table and "38.0 / 70" in table
     assert ablation.format_postprocess(ablation.summarise([{**run(0, 30.0, 1.0), "postprocess": None}])) == ""
+
+
+def test_a_technique_given_as_key_value_is_refused_not_dropped(tmp_path: Path) -> None:
+    # each row sets the techniques itself, so contrastive=true would otherwise train the released row unchanged
+    with pytest.raises(SystemExit, match=r"contrastive is set by each row.*\+contrastive"):
+        ablation.main(["--rows", "released", "--workdir", str(tmp_path), "contrastive=true"])
