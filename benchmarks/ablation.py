@@ -262,13 +262,14 @@ def main(argv: list[str] | None = None) -> int:
             base, iters=args.iters, loss_warmup_iters=min(base.loss_warmup_iters, args.iters // 3)
         )
     if args.overrides:
-        from cosa_sdk.training.config import apply_overrides
+        from cosa_sdk.training.config import apply_overrides, override_key
 
-        named_by_rows = sorted({o.split("=", 1)[0] for o in args.overrides} & set(TECHNIQUES))
+        named_by_rows = sorted({override_key(o) for o in args.overrides} & set(TECHNIQUES))
         if named_by_rows:  # row_config sets these per row: an override would be silently dropped
+            switching = [row for row, keys in ROWS.items() if set(keys) & set(named_by_rows)]
             raise SystemExit(
                 f"ablation.py: {', '.join(named_by_rows)} is set by each row, not by key=value; "
-                f"choose rows that switch it instead (--rows {' '.join(r for r in ROWS if r != 'released')})"
+                f"choose rows that switch it instead (--rows {' '.join(switching)})"
             )
         base = apply_overrides(base, args.overrides)
     specs = benchmark_specs(data_spec, args.benchmarks)

@@ -344,13 +344,18 @@ def _coerce(key: str, text: str, current: Any, annotation: str) -> Any:
         raise CosaConfigError(f"override {key}={text!r}: expected {annotation}") from None
 
 
+def override_key(item: str) -> str:
+    """The config key a `key=value` string names (spaces trimmed, dashes read as underscores)."""
+    return item.partition("=")[0].strip().replace("-", "_")
+
+
 def apply_overrides(config: TrainConfig, overrides: list[str]) -> TrainConfig:
     """Apply `key=value` strings; unknown keys and ill-typed values raise CosaConfigError."""
     fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
     changes: dict[str, Any] = {}
     for item in overrides:
-        key, sep, text = item.partition("=")
-        key = key.strip().replace("-", "_")
+        _, sep, text = item.partition("=")
+        key = override_key(item)
         if not sep:
             raise CosaConfigError(f"override {item!r} is not key=value (e.g. iters=500)")
         if key not in fields:

@@ -207,3 +207,5 @@ def test_a_technique_given_as_key_value_is_refused_not_dropped(tmp_path: Path) -
     # each row sets the techniques itself, so contrastive=true would otherwise train the released row unchanged
     with pytest.raises(SystemExit, match=r"contrastive is set by each row.*\+contrastive"):
         ablation.main(["--rows", "released", "--workdir", str(tmp_path), "contrastive=true"])
+    with pytest.raises(SystemExit, match=r"dynamic_threshold is set by each row.*--rows \+dynamic all-three\)"):
+        ablation.main(["--rows", "released", "--workdir", str(tmp_path), " dynamic-threshold =true"])
