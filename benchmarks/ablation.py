@@ -47,6 +47,7 @@ import torch
 from cosa_sdk.training.config import TrainConfig, preset
 from cosa_sdk.training.data import parse_data_spec
 from cosa_sdk.training.data.readers.synthetic_profiles import PROFILES
+from cosa_sdk.training.data.resolution import resolve_resolution
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint, save_checkpoint
 from cosa_sdk.training.engine.trainer import Trainer
 from cosa_sdk.training.evaluation.evaluate import VARIANTS, cam_to_label, evaluate, predict_maps
@@ -175,7 +176,8 @@ def run_row(
     warmups: dict | None,
     preset_name: str = "tiny",
 ) -> dict:
-    config = row_config(row, base, seed)
+    # the side is chosen once, so the shared warm-up and every row branching from it train at the same one
+    config, _ = resolve_resolution(row_config(row, base, seed), data_spec)
     run = workdir / f"{row}-seed{seed}"
     supervision = "full" if fully_supervised(row) else "weak"
     warm_minutes, resume = 0.0, False

@@ -49,7 +49,8 @@ class TrainConfig:
     # > 0: a DetailRefiner of this width redraws the seg logits at stride 4 from the image (training/model/detail.py)
     detail_channels: int = 0
     # data; resolution "auto" replaces crop_size and eval_size by a side chosen from the data's image and
-    # object sizes before training (training/data/resolution.py); "preset" keeps them
+    # object sizes before training (training/data/resolution.py), unless eval_size is already set (a
+    # resumed run's config, or a side you chose); "preset" keeps them
     resolution: str = "preset"
     crop_size: int = 448
     rescale_range: tuple[float, float] = (0.5, 2.0)
@@ -296,7 +297,9 @@ PRESETS: dict[str, TrainConfig] = {
 # co-training steps of `tiny` at half its batch. The trunk stays 10/12 frozen: with 8 frozen blocks the CAM
 # mIoU on benchmark v3 was 29.2 after 100 co-training steps (README, "Small objects"). Crops come from the
 # chosen square (`rescale_base="eval"`, from `tiny`): on v3 that took label-free seg mIoU from 37.3 to 49.6
-# weakly and from 38.7 to 76.9 fully supervised (800 iterations)
+# weakly and from 38.7 to 76.9 fully supervised (800 iterations). Contrastive separation and full label-set
+# balancing (1.0) were probed on v3 for its co-occurring pair and made the pair worse (pair mIoU 21.2 -> 9.6
+# and 20.5), so both stay as in `tiny`
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["tiny"],
     resolution="auto",

@@ -209,3 +209,15 @@ def test_a_technique_given_as_key_value_is_refused_not_dropped(tmp_path: Path) -
         ablation.main(["--rows", "released", "--workdir", str(tmp_path), "contrastive=true"])
     with pytest.raises(SystemExit, match=r"dynamic_threshold is set by each row.*--rows \+dynamic all-three\)"):
         ablation.main(["--rows", "released", "--workdir", str(tmp_path), " dynamic-threshold =true"])
+
+
+def test_a_row_branches_from_its_warm_up_at_the_side_auto_resolution_chose(tmp_path: Path) -> None:
+    """The `cpu` preset's resolution=auto: the warm-up and the row train at one chosen side (the row was
+    refused as another config when only the warm-up had chosen it)."""
+    base = tiny_config(resolution="auto", crop_size=48, iters=4, loss_warmup_iters=2, eval_every=100)
+    chosen, _ = ablation.resolve_resolution(base, DATA)
+    assert chosen.crop_size != base.crop_size  # the case being tested: auto moves the side
+    record = ablation.run_row("released", 0, base, DATA, tmp_path, [], {})
+    assert record["seg_miou"] is not None
+    resumed = Trainer(chosen, run_dir=tmp_path / "released-seed0", data_spec=DATA, resume=True)
+    assert resumed.step == 4 and resumed.config.crop_size == chosen.crop_size

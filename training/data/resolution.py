@@ -5,7 +5,8 @@ A ViT's CAM is a grid of `stride`-pixel cells: an object must span a few cells o
 the extent (bounding-box side) of every object, then picks the smallest side (a multiple of the stride)
 at which the small objects (the 10th percentile) span `min_cells` cells, between the preset's side and
 what the compute budget allows (cost grows with the side squared). The choice and its reasons are
-printed before training.
+printed before training. The chosen sides are written into the run's config (`crop_size`, `eval_size`), so a
+config whose `eval_size` is set keeps its sides: resuming a run never chooses again.
 """
 
 from __future__ import annotations
@@ -125,6 +126,13 @@ def resolve_resolution(config: TrainConfig, data_spec: str) -> tuple[TrainConfig
         )
     if config.resolution == "preset":
         return config, None
+    if config.eval_size is not None:
+        # chosen when the run started (a resumed run's config carries the sides) or set by the user: choosing
+        # again from a capped side would grow it and the resumed run would no longer match its checkpoint
+        return config, (
+            f"resolution: crop {config.crop_size}, eval {config.eval_size} (kept: eval_size is set, by the run "
+            "being resumed or by you; resolution=auto chooses only when eval_size is unset)"
+        )
     from cosa_sdk.training.data.build import read_index
     from cosa_sdk.training.model.backbones import backbone_stride
 

@@ -99,3 +99,28 @@ def test_the_trainer_records_the_chosen_side_and_resumes_with_it(tmp_path: Path)
     trainer.fit(stop_after=1)
     resumed = Trainer(config, run_dir=tmp_path / "run", data_spec=spec, resume=True)
     assert resumed.step == 1 and resumed.config.crop_size == 80
+
+
+def test_a_resumed_capped_run_keeps_its_side_instead_of_choosing_again(tmp_path: Path) -> None:
+    """`cosa train --resume` starts from the run's own config: choosing again from the capped 80 px would
+    grow it to 112 px and refuse the run's own checkpoint."""
+    from tiny_training import tiny_config
+
+    from cosa_sdk.training.config import TrainConfig
+    from cosa_sdk.training.engine.run_dir import saved_run
+    from cosa_sdk.training.engine.trainer import Trainer
+
+    spec = squares_dataset(tmp_path / "d", image_side=64, square=8, count=8)
+    Trainer(tiny_config(resolution="auto", iters=3), run_dir=tmp_path / "run", data_spec=spec).fit(stop_after=1)
+    saved = TrainConfig.from_dict(saved_run(tmp_path / "run")["config"])
+    assert saved.resolution == "auto" and saved.crop_size == saved.eval_size == 80
+    resumed = Trainer(saved, run_dir=tmp_path / "run", data_spec=spec, resume=True)
+    assert resumed.step == 1 and resumed.config.crop_size == resumed.config.eval_size == 80
+    assert "kept: eval_size is set" in resumed.resolution_note
+
+
+def test_a_given_eval_size_is_kept_under_auto(tmp_path: Path) -> None:
+    spec = squares_dataset(tmp_path / "d", image_side=128, square=24)
+    config = dataclasses.replace(preset("tiny"), resolution="auto", eval_size=196)
+    kept, note = resolve_resolution(config, spec)
+    assert (kept.crop_size, kept.eval_size) == (168, 196) and "eval_size is set" in note
