@@ -124,6 +124,22 @@ def pair_miou(per_class: dict[str, float | None], pair: list[str]) -> float | No
     return float(np.mean(values)) if values else None
 
 
+# Keys that act only once the pseudo-labels are on, so rows that differ in them alone share a saved warm-up.
+# With dynamic thresholds the teacher already runs during the warm-up, and every key counts.
+AFTER_WARMUP_KEYS = frozenset(
+    {"t_high", "t_low", "aux_t_high", "aux_t_low", "fg_alpha", "aux_cpl_weight", "spl_temperature"}
+    | {"cam_refine", "cam_refine_iters", "cam_refine_scale", "cam_refine_dilations", "w_c2s", "w_s2c", "w_reg"}
+    | {"crf_loss", "crf_filter", "crf_sigma_rgb", "crf_sigma_xy", "perplexity_beta", "w_csc", "csc_temperature"}
+)
+
+
+def warmup_identity(values: dict) -> dict:
+    """What a saved warm-up's config (`TrainConfig.to_dict()`) must match to be reused for another."""
+    if values.get("dynamic_threshold"):
+        return values
+    return {key: value for key, value in values.items() if key not in AFTER_WARMUP_KEYS}
+
+
 def shared_warmup(
     config: TrainConfig, warmup_iters: int, data_spec: str, workdir: Path, cache: dict, preset_name: str = "tiny"
 ) -> tuple[Path, float]:
@@ -141,7 +157,8 @@ def shared_warmup(
         run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}{detail}"
         done = run / "warmup.json"
         saved = json.loads(done.read_text()) if done.exists() else {}
-        if saved.get("config") == warm_config.to_dict() and saved.get("data") == data_spec:
+        same = saved and warmup_identity(saved["config"]) == warmup_identity(warm_config.to_dict())
+        if same and saved.get("data") == data_spec:
             cache[key] = (run / "last.pt", saved["minutes"])
             return cache[key]
         started = time.perf_counter()

@@ -299,7 +299,9 @@ PRESETS: dict[str, TrainConfig] = {
 # chosen square (`rescale_base="eval"`, from `tiny`): on v3 that took label-free seg mIoU from 37.3 to 49.6
 # weakly and from 38.7 to 76.9 fully supervised (800 iterations). Contrastive separation and full label-set
 # balancing (1.0) were probed on v3 for its co-occurring pair and made the pair worse (pair mIoU 21.2 -> 9.6
-# and 20.5), so both stay as in `tiny`
+# and 20.5), so both stay as in `tiny`. Lower CAM thresholds (0.4 / 0.25) and `cam_refine` took v1 from 52.7
+# to 54.2 and 56.6 but v3 (probe) from 39.9 to 38.7 and 37.7 (README, "Where the weak seeds stop short"), so
+# the thresholds stay at 0.7 / 0.45 and the refinement off
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["tiny"],
     resolution="auto",

@@ -44,6 +44,29 @@ def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> No
         assert torch.equal(got[name], expected[name]), name
 
 
+def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeypatch) -> None:
+    base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100)
+    warm, _ = ablation.shared_warmup(ablation.row_config("released", base, seed=0), 3, DATA, tmp_path, {})
+    lower = dict(t_high=0.4, t_low=0.25, aux_t_high=0.4, aux_t_low=0.25)
+    config = dataclasses.replace(ablation.row_config("+affinity", base, seed=0), **lower)
+    straight = Trainer(config, run_dir=tmp_path / "straight", data_spec=DATA)
+    straight.fit()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the saved warm-up should have been reused")
+
+    monkeypatch.setattr(ablation, "Trainer", no_training)
+    assert ablation.shared_warmup(config, 3, DATA, tmp_path, {})[0] == warm
+    ablation.branch(warm, tmp_path / "branched", config)
+    branched = Trainer(config, run_dir=tmp_path / "branched", data_spec=DATA, resume=True)
+    branched.fit()
+    expected, got = _weights(straight), _weights(branched)
+    for name in expected:
+        assert torch.equal(got[name], expected[name]), name
+    with pytest.raises(AssertionError, match="reused"):  # the learning rate acts during the warm-up
+        ablation.shared_warmup(dataclasses.replace(config, lr=config.lr / 2), 3, DATA, tmp_path, {})
+
+
 def test_a_branch_runs_under_the_rows_thresholds_not_the_warm_ups(tmp_path) -> None:
     warm_config = tiny_config(iters=4, loss_warmup_iters=2, eval_every=100, sample_every=100, t_high=0.9, t_low=0.1)
     Trainer(warm_config, run_dir=tmp_path / "warm", data_spec=DATA).fit(stop_after=2)

@@ -1,0 +1,168 @@
+"""How good a trained run's CAM pseudo-labels are at other thresholds, with and without affinity refinement.
+
+The seg stream of a weakly trained run learns what its CAM pseudo-labels (CPLs) say, so a threshold pair
+or a refinement that makes them closer to the masks is worth a training run, and one that does not is not.
+This script scores the CPLs the training step itself would make (`CoSALosses.make_pseudo_labels`, the
+run's own teacher settings) on held-out images that have masks, for each threshold pair, with
+`cam_refine` off and on. No training: a few minutes on a CPU for 100 images.
+
+Columns: the share of pixels the CPL labels (the rest is ignored), the accuracy of those pixels, the share of
+object pixels it labels with the right class (foreground recall), the share of pixels it calls objects
+(against the masks' share: more is bleeding, less is a partial cover), and the mIoU over labelled pixels,
+also per class. The teacher sees the ground-truth image labels, as in training.
+
+Usage: python benchmarks/pseudo_label_quality.py RUN_DIR [--data SPEC] [--network assignment]
+       [--thresholds 0.7,0.45 0.4,0.25] [--limit 100] [--out pseudo_labels.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cosa_sdk.errors import CosaError, CosaInputError
+from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
+from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
+from cosa_sdk.training.method.pseudo_labels import IGNORE_INDEX
+from cosa_sdk.training.method.step import CoSALosses
+from cosa_sdk.training.run_record import RunRecord
+
+DEFAULT_PAIRS = ((0.7, 0.45), (0.6, 0.35), (0.5, 0.3), (0.4, 0.25), (0.3, 0.15))
+
+
+def threshold_pair(text: str) -> tuple[float, float]:
+    """'HIGH,LOW' -> (high, low), with 0 < low < high < 1."""
+    try:
+        high, low = (float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give a threshold pair as HIGH,LOW, e.g. 0.7,0.45") from None
+    if not 0 < low < high < 1:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW < HIGH < 1 (pixels between them are ignored)")
+    return high, low
+
+
+def _percent(value: float) -> float | None:
+    return None if np.isnan(value) else 100.0 * float(value)
+
+
+class _Tally:
+    """Counts for one (refinement, threshold pair): a confusion matrix over labelled pixels and coverage."""
+
+    def __init__(self, num_classes: int) -> None:
+        self.matrix = ConfusionMatrix(num_classes)
+        self.labelled = self.pixels = self.fg_right = self.fg = self.claimed = 0
+
+    def update(self, cpl: np.ndarray, gt: np.ndarray) -> None:
+        valid = gt != IGNORE_INDEX
+        labelled = valid & (cpl != IGNORE_INDEX)
+        self.matrix.update(cpl[labelled], gt[labelled])
+        self.labelled += int(labelled.sum())
+        self.pixels += int(valid.sum())
+        foreground = valid & (gt > 0)
+        self.fg += int(foreground.sum())
+        self.fg_right += int((foreground & (cpl == gt)).sum())
+        self.claimed += int((valid & (cpl > 0) & (cpl != IGNORE_INDEX)).sum())
+
+    def scores(self, names: list[str]) -> dict:
+        scores = self.matrix.scores()
+        return {
+            "labelled": 100.0 * self.labelled / max(1, self.pixels),
+            "accuracy": 100.0 * float(scores["pixel_acc"]),
+            "fg_recall": 100.0 * self.fg_right / max(1, self.fg),
+            "foreground": 100.0 * self.claimed / max(1, self.pixels),
+            "gt_foreground": 100.0 * self.fg / max(1, self.pixels),
+            "miou": 100.0 * float(scores["miou"]),
+            "per_class_iou": {n: _percent(v) for n, v in zip(names, scores["per_class_iou"], strict=True)},
+        }
+
+
+@torch.no_grad()
+def measure(
+    run: Path,
+    *,
+    pairs: tuple[tuple[float, float], ...] = DEFAULT_PAIRS,
+    data_spec: str | None = None,
+    network_name: str = "assignment",
+    limit: int = 100,
+) -> dict:
+    """{"rows": [{refine, t_high, t_low, labelled, accuracy, fg_recall, miou, per_class_iou}], ...} for one run."""
+    checkpoint = run / "best.pt" if run.is_dir() else run
+    if not checkpoint.is_file():
+        raise CosaInputError(f"{checkpoint}: no checkpoint there; give a run folder holding best.pt, or a .pt file")
+    record = load_checkpoint(checkpoint)
+    network = build_network(record, network_name).eval()
+    run_record = RunRecord.from_checkpoint(record)
+    base = TrainConfig.from_dict(record["config"])
+    names = ["background", *run_record.classes]
+    tallies: dict[tuple[bool, float, float], _Tally] = {}
+    losses = {}
+    for refine in (False, True):
+        for high, low in pairs:
+            config = dataclasses.replace(
+                base, cam_refine=refine, dynamic_threshold=False, t_high=high, t_low=low, aux_t_high=high, aux_t_low=low
+            )
+            losses[refine, high, low] = CoSALosses(config, grid_size=1)
+            tallies[refine, high, low] = _Tally(len(names))
+    for index, sample in enumerate(run_record.eval_dataset(data_spec=data_spec)):
+        if index >= limit:
+            break
+        image, gt = sample["image"][None], sample["mask"].numpy()
+        labels = sample["labels"][None].float()
+        for key, step_losses in losses.items():
+            cpl = step_losses.make_pseudo_labels(network, image, labels, None).cpl
+            cpl = F.interpolate(cpl[:, None].float(), size=gt.shape, mode="nearest")[0, 0].long().numpy()
+            tallies[key].update(cpl, gt)
+    rows = [
+        {"refine": refine, "t_high": high, "t_low": low, **tally.scores(names)}
+        for (refine, high, low), tally in tallies.items()
+    ]
+    return {"run": str(run), "network": network_name, "images": min(limit, index + 1), "rows": rows}
+
+
+def format_table(result: dict) -> str:
+    rows = result["rows"]
+    names = list(rows[0]["per_class_iou"])
+    head = f"{'refine':>6} {'high':>5} {'low':>5} {'labelled':>9} {'acc':>6} {'fg rec':>7} {'objects':>8} {'mIoU':>6}  "
+    lines = [head + " ".join(f"{n[:8]:>8}" for n in names)]
+    for r in rows:
+        cells = f"{'on' if r['refine'] else 'off':>6} {r['t_high']:5.2f} {r['t_low']:5.2f} {r['labelled']:9.1f} "
+        cells += f"{r['accuracy']:6.1f} {r['fg_recall']:7.1f} {r['foreground']:8.1f} {r['miou']:6.1f}  "
+        lines.append(cells + " ".join("       -" if v is None else f"{v:8.1f}" for v in r["per_class_iou"].values()))
+    lines.append(f"objects: share of pixels called objects; the masks hold {rows[0]['gt_foreground']:.1f}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", type=Path, help="a run folder (its best.pt) or a checkpoint file")
+    parser.add_argument("--data", default=None, help="dataset spec (default: the one the run trained on)")
+    parser.add_argument("--network", default="assignment", choices=("assignment", "online"))
+    parser.add_argument("--thresholds", nargs="+", type=threshold_pair, default=list(DEFAULT_PAIRS))
+    parser.add_argument("--limit", type=int, default=100, help="held-out images to score")
+    parser.add_argument("--out", type=Path, default=None, help="also write the scores as JSON")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+    try:
+        result = measure(
+            args.run, pairs=tuple(args.thresholds), data_spec=args.data, network_name=args.network, limit=args.limit
+        )
+    except CosaError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    print(format_table(result))
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+        print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,48 @@
+"""benchmarks/pseudo_label_quality.py: scores the CAM pseudo-labels a trained run's own training step makes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+torch = pytest.importorskip("torch")
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # the repository's benchmarks/
+
+import pseudo_label_quality as plq  # noqa: E402
+from tiny_training import DATA, tiny_config  # noqa: E402
+
+from cosa_sdk.training.engine.trainer import Trainer  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("cosa_cache")
+
+
+@pytest.fixture
+def trained_run(tmp_path, cosa_cache) -> Path:
+    run = tmp_path / "run"
+    Trainer(tiny_config(iters=3, eval_every=3), run_dir=run, data_spec=DATA).fit()
+    return run
+
+
+def test_every_refinement_and_threshold_pair_is_scored(trained_run, tmp_path) -> None:
+    out = tmp_path / "quality.json"
+    assert plq.main([str(trained_run), "--thresholds", "0.7,0.45", "0.3,0.15", "--limit", "3", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    rows = {(r["refine"], r["t_high"]): r for r in result["rows"]}
+    assert set(rows) == {(False, 0.7), (False, 0.3), (True, 0.7), (True, 0.3)} and result["images"] == 3
+    for row in rows.values():
+        assert 0 <= row["labelled"] <= 100 and 0 <= row["fg_recall"] <= 100 and 0 <= row["miou"] <= 100
+        assert next(iter(row["per_class_iou"])) == "background"
+    for refine in (False, True):  # a lower high threshold only turns background or ignored pixels into objects
+        assert rows[refine, 0.3]["foreground"] >= rows[refine, 0.7]["foreground"]
+
+
+def test_bad_input_is_named(tmp_path, capsys) -> None:
+    assert plq.main([str(tmp_path / "missing")]) == 2
+    assert "no checkpoint there" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plq.main([str(tmp_path), "--thresholds", "0.3,0.5"])
+    assert "need 0 < LOW < HIGH < 1" in capsys.readouterr().err
