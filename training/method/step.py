@@ -20,6 +20,7 @@ from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold
 from cosa_sdk.training.method.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
 from cosa_sdk.training.method.perplexity import perplexity_weights
 from cosa_sdk.training.method.pseudo_labels import (
+    TeacherOutput,
     cam_pseudo_label,
     normalize_cams,
     segmentation_pseudo_label,
@@ -82,17 +83,29 @@ class CoSALosses(nn.Module):
         return step > self.config.loss_warmup_iters
 
     @torch.no_grad()
-    def make_pseudo_labels(
-        self, assignment: nn.Module, weak: torch.Tensor, labels: torch.Tensor, box: torch.Tensor
-    ) -> PseudoLabels:
+    def teacher_maps(self, assignment: nn.Module, weak: torch.Tensor) -> TeacherOutput:
+        """The assignment network's fused maps of the weak view (the teacher's only forward pass)."""
         cfg = self.config
-        fused = teacher_fusion(
+        return teacher_fusion(
             assignment.forward_all_maps,
             weak,
             scales=cfg.pseudo_scales,
             aux_last_scale_only=cfg.aux_last_scale_only,
             flip=cfg.pseudo_flip,
         )
+
+    @torch.no_grad()
+    def make_pseudo_labels(
+        self, assignment: nn.Module, weak: torch.Tensor, labels: torch.Tensor, box: torch.Tensor
+    ) -> PseudoLabels:
+        return self.pseudo_labels_from(self.teacher_maps(assignment, weak), weak, labels, box)
+
+    @torch.no_grad()
+    def pseudo_labels_from(
+        self, fused: TeacherOutput, weak: torch.Tensor, labels: torch.Tensor, box: torch.Tensor | None
+    ) -> PseudoLabels:
+        """CPLs (after refinement and, with dynamic thresholds, a tracker update) and SPL from fused maps."""
+        cfg = self.config
         valid_cam, valid_aux = valid_cams(fused.cam, labels), valid_cams(fused.aux_cam, labels)
         if cfg.cam_refine:
             valid_cam, valid_aux = self.refine(weak, labels, valid_cam, valid_aux)
