@@ -57,7 +57,9 @@ def curves_figure(train: Sequence[dict[str, Any]], evals: Sequence[dict[str, Any
                 right.plot(xs, ys, style, color=colour, marker="o", markersize=3, label=f"{network} {key}")
     right.set_xlabel("iteration")
     right.set_ylabel("mIoU (%)")
-    right.set_title("validation")
+    counts = {e["eval"][n].get("num_images") for e in evals for n in ("online", "assignment") if n in e["eval"]}
+    counts.discard(None)
+    right.set_title(f"validation ({max(counts)} held-out images)" if counts else "validation")
     if evals:
         right.legend(fontsize=7)
     fig.tight_layout()

@@ -12,6 +12,7 @@ pytest.importorskip("torch")
 from tiny_training import TINY_OVERRIDES
 
 from cosa_sdk.cli import main as cosa_main
+from cosa_sdk.demo import app
 from cosa_sdk.demo.browser import check_report, find_browser
 
 DATA = "synthetic:n_train=12,n_val=4,size=64,seed=3"
@@ -40,6 +41,9 @@ def test_demo_writes_report_bundle_and_next_commands(demo_run, capsys) -> None:
     html = (demo_run / "report.html").read_text()
     assert html.count("data:image/png;base64,") >= 2 and "dataset.imagesLoaded" in html
     scores = json.loads((demo_run / "eval.json").read_text())
+    trained = json.loads((demo_run / "run" / "config.json").read_text())["config"]
+    assert trained["eval_limit"] == app.TRAINING_EVAL_IMAGES  # in-training evaluations read a subset
+    assert scores["num_images"] == 4  # the evaluation stage reads every held-out image
     assert f"{scores['images_right']:.1f} % (label-free mIoU of the image &gt;= 50" in html
     # the sample grid's legend: one swatch per class of the bundle (its palette), plus the ignore colour
     bundle = json.loads((demo_run / "bundle" / "cosa.json").read_text())

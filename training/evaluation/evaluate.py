@@ -15,7 +15,13 @@ import torch.nn.functional as F
 
 from cosa_sdk.constants import TTA_SCALES
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix, image_miou
-from cosa_sdk.training.method.pseudo_labels import mask_absent_classes, normalize_cams, teacher_fusion, valid_cams
+from cosa_sdk.training.method.pseudo_labels import (
+    channel_argmax,
+    mask_absent_classes,
+    normalize_cams,
+    teacher_fusion,
+    valid_cams,
+)
 from cosa_sdk.training.model.network import CoSANetwork
 
 RIGHT_IMAGE_MIOU = 0.5  # an image whose own label-free mIoU reaches this counts as segmented right
@@ -85,7 +91,7 @@ def evaluate(
         cam, seg_at_input = predict_maps(network, image, tta=tta)
         seg = F.interpolate(seg_at_input.float(), size=size, mode="bilinear", align_corners=False)
         filtered = mask_absent_classes(seg, labels)
-        pred_ps = seg.argmax(1)[0].cpu().numpy()
+        pred_ps = channel_argmax(seg)[0].cpu().numpy()
         seg_ps.update(pred_ps, gt)
         per_image.append(image_miou(pred_ps, gt, k))
         if crf:
@@ -93,7 +99,7 @@ def evaluate(
 
             pred_vd = dense_crf(np.asarray(sample["raw"]), filtered.softmax(1)[0].cpu().numpy())
         else:
-            pred_vd = filtered.argmax(1)[0].cpu().numpy()
+            pred_vd = channel_argmax(filtered)[0].cpu().numpy()
         seg_vd.update(pred_vd, gt)
         for name, pred in _variant_predictions(network, image, seg_at_input, seg, sample, variants).items():
             variant_scores[name][0].update(pred, gt)

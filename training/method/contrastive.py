@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaInputError
+from cosa_sdk.training.method.pseudo_labels import channel_argmax
 
 
 def hard_labels_at(seg_pseudo_labels: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -32,7 +33,7 @@ def hard_labels_at(seg_pseudo_labels: torch.Tensor, size: tuple[int, int]) -> to
     or from a hard B x H x W label map (nearest)."""
     if seg_pseudo_labels.dim() == 4 and seg_pseudo_labels.is_floating_point():
         probs = F.interpolate(seg_pseudo_labels.float(), size=size, mode="bilinear", align_corners=False)
-        return probs.argmax(dim=1)
+        return channel_argmax(probs)
     if seg_pseudo_labels.dim() == 3:
         if tuple(seg_pseudo_labels.shape[1:]) == size:
             return seg_pseudo_labels.long()

@@ -22,6 +22,7 @@ from cosa_sdk.training.method.perplexity import perplexity_weights
 from cosa_sdk.training.method.pseudo_labels import (
     TeacherOutput,
     cam_pseudo_label,
+    channel_argmax,
     normalize_cams,
     segmentation_pseudo_label,
     teacher_fusion,
@@ -183,7 +184,7 @@ class CoSALosses(nn.Module):
         if cfg.contrastive:
             spl_grid = F.interpolate(pseudo.spl, size=out.features.shape[-2:], mode="bilinear", align_corners=False)
             l_csc = contrastive_separation_loss(
-                out.features, out.cam, spl_grid.argmax(1), labels, temperature=cfg.csc_temperature
+                out.features, out.cam, channel_argmax(spl_grid), labels, temperature=cfg.csc_temperature
             )
             total = total + on * cfg.w_csc * l_csc
             terms["csc"] = l_csc.item()

@@ -12,6 +12,7 @@ from torch import nn
 from cosa_sdk.errors import CosaInputError
 from cosa_sdk.training.method.pseudo_labels import (
     cam_pseudo_label,
+    channel_argmax,
     normalize_cams,
     segmentation_pseudo_label,
     teacher_fusion,
@@ -199,3 +200,12 @@ def test_valid_cams_zeroes_absent_classes() -> None:
     out = valid_cams(cams, torch.tensor([[0.0, 1.0, 0.0]]))
     assert torch.all(out[0, 0] == 0) and torch.all(out[0, 2] == 0)
     torch.testing.assert_close(out[0, 1], cams[0, 1])
+
+
+@pytest.mark.parametrize("dim", [0, 1, 2, 3])
+def test_channel_argmax_matches_torch_argmax_including_ties(dim: int) -> None:
+    torch.manual_seed(0)
+    maps = torch.randint(0, 3, (2, 4, 5, 6)).float()  # few values, so most positions hold ties
+    assert torch.equal(channel_argmax(maps, dim), maps.argmax(dim=dim))
+    smooth = torch.randn(2, 4, 5, 6)
+    assert torch.equal(channel_argmax(smooth, dim), smooth.argmax(dim=dim))
