@@ -22,6 +22,7 @@ from cosa_sdk.cli import main  # noqa: E402
 from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
 from cosa_sdk.export.int8_graph import SAFE_WEIGHT_MAX, max_abs_weight  # noqa: E402
 from cosa_sdk.export.onnx_export import embed_metadata, export_onnx  # noqa: E402
+from cosa_sdk.export.parity import ort_session  # noqa: E402
 from cosa_sdk.export.source import load_source  # noqa: E402
 from cosa_sdk.preprocess import sigmoid  # noqa: E402
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
@@ -205,9 +206,12 @@ class BaseBundleTester:
         self, bundle: Path, config: dict, scenes: tuple[np.ndarray, np.ndarray]
     ) -> None:
         batch = normalised(scenes[0][:2], config)
+        key = int8_key(config)
+        # 8-bit weights run as the SDK would run them here: on a CPU without VNNI, on the exact kernels
+        exact = cpu.exact_kernels_needed(config["int8"][key]["weight_bits"])
         runs = []
-        for key in ("onnx", int8_key(config)):
-            session = ort.InferenceSession(str(bundle / config["artifacts"][key]), providers=["CPUExecutionProvider"])
+        for path, exact_int8 in ((config["artifacts"]["onnx"], False), (config["artifacts"][key], exact)):
+            session = ort_session(bundle / path, exact_int8=exact_int8)
             runs.append(session.run(["class_scores"], {"image": batch})[0])
         fp32, q8 = runs
         assert q8.shape == fp32.shape == (2, len(CLASSES))
