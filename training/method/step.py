@@ -22,7 +22,6 @@ from cosa_sdk.training.method.perplexity import perplexity_weights
 from cosa_sdk.training.method.pseudo_labels import (
     TeacherOutput,
     cam_pseudo_label,
-    channel_argmax,
     normalize_cams,
     segmentation_pseudo_label,
     teacher_fusion,
@@ -182,9 +181,8 @@ class CoSALosses(nn.Module):
             total = total + on * cfg.w_reg * l_reg
             terms["reg"] = l_reg.item()
         if cfg.contrastive:
-            spl_grid = F.interpolate(pseudo.spl, size=out.features.shape[-2:], mode="bilinear", align_corners=False)
             l_csc = contrastive_separation_loss(
-                out.features, out.cam, channel_argmax(spl_grid), labels, temperature=cfg.csc_temperature
+                out.features, out.cam, pseudo.spl, labels, temperature=cfg.csc_temperature
             )
             total = total + on * cfg.w_csc * l_csc
             terms["csc"] = l_csc.item()
