@@ -14,6 +14,8 @@ table per benchmark (also JSON and a PNG bar chart):
   +affinity       released with the teacher's CAMs refined by pixel affinity before the CAM pseudo-labels
   +crf-loss       released with the dense-CRF loss on the segmentation logits
   no-crf-loss     released without the dense-CRF loss (for presets that train with it)
+  +aux-cpl        released with half of L_c2s from the auxiliary CAM's pseudo-label, as the released code
+  no-aux-cpl      released with L_c2s from the main CAM's pseudo-label alone (for presets that mix in the aux)
   +detail         released with the detail refiner: seg logits redrawn at stride 4 from the image
   full            the same network and schedule trained on ground-truth masks (upper bound)
   full+detail     `full` with the detail refiner: can a finer seg grid draw the shapes at all?

@@ -21,6 +21,8 @@ ROWS: dict[str, dict] = {
     "+affinity": {"cam_refine": True},
     "+crf-loss": {"crf_loss": True},
     "no-crf-loss": {"crf_loss": False},
+    "+aux-cpl": {"aux_cpl_weight": 0.5},
+    "no-aux-cpl": {"aux_cpl_weight": 0.0},
     "+detail": {"detail_channels": 32},
     "full": {},
     "full+detail": {"detail_channels": 32},

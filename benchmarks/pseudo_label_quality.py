@@ -2,6 +2,8 @@
 
 The seg stream of a weakly trained run learns what its CAM pseudo-labels (CPLs) say, so a threshold pair
 or a refinement that makes them closer to the masks is worth a training run, and one that does not is not.
+It learns from two of them: the CPL of the main CAM and, weighted by `aux_cpl_weight`, that of the
+auxiliary CAM on an earlier block; both are scored (column `cam`).
 This script scores the CPLs the training step itself would make (`CoSALosses.teacher_maps` once per
 image, then `pseudo_labels_from` per setting, with the run's own teacher settings) on held-out images that
 have masks, for each threshold pair, with `cam_refine` off and on. No training: under a minute on a
@@ -37,6 +39,7 @@ from cosa_sdk.training.method.step import CoSALosses
 from cosa_sdk.training.run_record import RunRecord
 
 DEFAULT_PAIRS = ((0.7, 0.45), (0.6, 0.35), (0.5, 0.3), (0.4, 0.25), (0.3, 0.15))
+CAMS = ("main", "aux")  # the CPL of the final CAM and of the auxiliary CAM (the same pair for both)
 
 
 def threshold_pair(text: str) -> tuple[float, float]:
@@ -103,7 +106,7 @@ def measure(
     run_record = RunRecord.from_checkpoint(record)
     base = TrainConfig.from_dict(record["config"])
     names = ["background", *run_record.classes]
-    tallies: dict[tuple[bool, float, float], _Tally] = {}
+    tallies: dict[tuple[str, bool, float, float], _Tally] = {}
     losses = {}
     for refine in (False, True):
         for high, low in pairs:
@@ -111,7 +114,8 @@ def measure(
                 base, cam_refine=refine, dynamic_threshold=False, t_high=high, t_low=low, aux_t_high=high, aux_t_low=low
             )
             losses[refine, high, low] = CoSALosses(config, grid_size=1)
-            tallies[refine, high, low] = _Tally(len(names))
+            for cam in CAMS:
+                tallies[cam, refine, high, low] = _Tally(len(names))
     # the teacher's fused maps depend on neither the thresholds nor the refinement: one forward per image
     teacher = next(iter(losses.values()))
     images = 0
@@ -123,12 +127,13 @@ def measure(
         labels = sample["labels"][None].float()
         fused = teacher.teacher_maps(network, image)
         for key, step_losses in losses.items():
-            cpl = step_losses.pseudo_labels_from(fused, image, labels, None).cpl
-            cpl = F.interpolate(cpl[:, None].float(), size=gt.shape, mode="nearest")[0, 0].long().numpy()
-            tallies[key].update(cpl, gt)
+            pseudo = step_losses.pseudo_labels_from(fused, image, labels, None)
+            for cam, cpl in zip(CAMS, (pseudo.cpl, pseudo.cpl_aux), strict=True):
+                cpl = F.interpolate(cpl[:, None].float(), size=gt.shape, mode="nearest")[0, 0].long().numpy()
+                tallies[(cam, *key)].update(cpl, gt)
     rows = [
-        {"refine": refine, "t_high": high, "t_low": low, **tally.scores(names)}
-        for (refine, high, low), tally in tallies.items()
+        {"cam": cam, "refine": refine, "t_high": high, "t_low": low, **tally.scores(names)}
+        for (cam, refine, high, low), tally in tallies.items()
     ]
     return {"run": str(run), "network": network_name, "images": images, "rows": rows}
 
@@ -136,10 +141,12 @@ def measure(
 def format_table(result: dict) -> str:
     rows = result["rows"]
     names = list(rows[0]["per_class_iou"])
-    head = f"{'refine':>6} {'high':>5} {'low':>5} {'labelled':>9} {'acc':>6} {'fg rec':>7} {'objects':>8} {'mIoU':>6}  "
+    head = f"{'cam':>4} {'refine':>6} {'high':>5} {'low':>5} {'labelled':>9} "
+    head += f"{'acc':>6} {'fg rec':>7} {'objects':>8} {'mIoU':>6}  "
     lines = [head + " ".join(f"{n[:8]:>8}" for n in names)]
     for r in rows:
-        cells = f"{'on' if r['refine'] else 'off':>6} {r['t_high']:5.2f} {r['t_low']:5.2f} {r['labelled']:9.1f} "
+        cells = f"{r['cam']:>4} {'on' if r['refine'] else 'off':>6} {r['t_high']:5.2f} {r['t_low']:5.2f} "
+        cells += f"{r['labelled']:9.1f} "
         cells += f"{r['accuracy']:6.1f} {r['fg_recall']:7.1f} {r['foreground']:8.1f} {r['miou']:6.1f}  "
         lines.append(cells + " ".join("       -" if v is None else f"{v:8.1f}" for v in r["per_class_iou"].values()))
     lines.append(f"objects: share of pixels called objects; the masks hold {rows[0]['gt_foreground']:.1f}")

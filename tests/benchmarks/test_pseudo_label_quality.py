@@ -27,17 +27,21 @@ def trained_run(tmp_path, cosa_cache) -> Path:
     return run
 
 
-def test_every_refinement_and_threshold_pair_is_scored(trained_run, tmp_path) -> None:
+def test_every_cam_refinement_and_threshold_pair_is_scored(trained_run, tmp_path) -> None:
     out = tmp_path / "quality.json"
     assert plq.main([str(trained_run), "--thresholds", "0.7,0.45", "0.3,0.15", "--limit", "3", "--out", str(out)]) == 0
     result = json.loads(out.read_text())
-    rows = {(r["refine"], r["t_high"]): r for r in result["rows"]}
-    assert set(rows) == {(False, 0.7), (False, 0.3), (True, 0.7), (True, 0.3)} and result["images"] == 3
+    rows = {(r["cam"], r["refine"], r["t_high"]): r for r in result["rows"]}
+    expected = {(cam, refine, high) for cam in ("main", "aux") for refine in (False, True) for high in (0.7, 0.3)}
+    assert set(rows) == expected and result["images"] == 3
     for row in rows.values():
         assert 0 <= row["labelled"] <= 100 and 0 <= row["fg_recall"] <= 100 and 0 <= row["miou"] <= 100
         assert next(iter(row["per_class_iou"])) == "background"
-    for refine in (False, True):  # a lower high threshold only turns background or ignored pixels into objects
-        assert rows[refine, 0.3]["foreground"] >= rows[refine, 0.7]["foreground"]
+    for cam in ("main", "aux"):  # a lower high threshold only turns background or ignored pixels into objects
+        for refine in (False, True):
+            assert rows[cam, refine, 0.3]["foreground"] >= rows[cam, refine, 0.7]["foreground"]
+    # the two CAMs come from different heads, so their pseudo-labels are scored apart, not copied
+    assert any(rows["main", False, h]["per_class_iou"] != rows["aux", False, h]["per_class_iou"] for h in (0.7, 0.3))
 
 
 def test_bad_input_is_named(tmp_path, capsys) -> None:
