@@ -62,15 +62,7 @@ def test_a_few_bf16_autocast_iterations_of_each_preset_on_cpu(name):
     cfg = apply_overrides(base, [f"{k}={v}" for k, v in changes.items()])
     cfg = dataclasses.replace(cfg, pseudo_scales=cfg.pseudo_scales[:2])
     torch.manual_seed(0)
-    online = CoSANetwork(
-        backbone=cfg.backbone,
-        num_classes=3,
-        aux_layer=cfg.aux_layer,
-        decoder_channels=cfg.decoder_channels,
-        dilation=cfg.dilation,
-        backbone_weights=cfg.backbone_weights,
-        backbone_kwargs=cfg.backbone_kwargs,
-    )
+    online = CoSANetwork.from_train_config(cfg, num_classes=3)
     iteration = TrainingIteration.build(cfg, online)
     size = cfg.crop_size
     g = torch.Generator().manual_seed(1)

@@ -80,17 +80,7 @@ class Trainer:
         )
         self.val_set = self._optional_val_set()
         torch.manual_seed(cfg.seed)
-        self.online = CoSANetwork(
-            backbone=cfg.backbone,
-            num_classes=self.train_set.num_classes,
-            aux_layer=cfg.aux_layer,
-            decoder_channels=cfg.decoder_channels,
-            dilation=cfg.dilation,
-            detail_channels=cfg.detail_channels,
-            freeze_blocks=cfg.freeze_blocks,
-            backbone_weights=cfg.backbone_weights,
-            backbone_kwargs=cfg.backbone_kwargs,
-        ).to(self.ctx.device)
+        self.online = CoSANetwork.from_train_config(cfg, num_classes=self.train_set.num_classes).to(self.ctx.device)
         self.iteration = TrainingIteration.build(
             cfg, self.online, supervision=supervision, world_size=self.ctx.world_size
         )

@@ -158,6 +158,21 @@ class CoSANetwork(nn.Module):
     def from_config(cls, config: dict[str, Any], **overrides: Any) -> CoSANetwork:
         return cls(**{**config, **overrides})
 
+    @classmethod
+    def from_train_config(cls, config: Any, *, num_classes: int) -> CoSANetwork:
+        """The network a `TrainConfig` trains, with its pretrained weights, for `num_classes` foreground classes."""
+        return cls(
+            backbone=config.backbone,
+            num_classes=num_classes,
+            aux_layer=config.aux_layer,
+            decoder_channels=config.decoder_channels,
+            dilation=config.dilation,
+            detail_channels=config.detail_channels,
+            freeze_blocks=config.freeze_blocks,
+            backbone_weights=config.backbone_weights,
+            backbone_kwargs=config.backbone_kwargs,
+        )
+
     def _seg(self, feats: BackboneFeatures, images: torch.Tensor) -> torch.Tensor:
         return segment_logits(self.decoder, self.detail, feats, images)
 

@@ -31,14 +31,7 @@ SMALL = [
 def _setup(aux_cpl_weight: float):
     cfg = dataclasses.replace(apply_overrides(preset("tiny"), SMALL), aux_cpl_weight=aux_cpl_weight)
     torch.manual_seed(0)
-    network = CoSANetwork(
-        backbone=cfg.backbone,
-        num_classes=3,
-        aux_layer=cfg.aux_layer,
-        decoder_channels=cfg.decoder_channels,
-        backbone_weights=cfg.backbone_weights,
-        backbone_kwargs=cfg.backbone_kwargs,
-    ).eval()
+    network = CoSANetwork.from_train_config(cfg, num_classes=3).eval()
     g = torch.Generator().manual_seed(1)
     image = torch.randn(2, 3, SIZE, SIZE, generator=g)
     batch = {
