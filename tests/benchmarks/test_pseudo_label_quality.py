@@ -6,6 +6,7 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -15,7 +16,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # t
 import pseudo_label_quality as plq  # noqa: E402
 from tiny_training import DATA, tiny_config  # noqa: E402
 
+from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
 from cosa_sdk.training.engine.trainer import Trainer  # noqa: E402
+from cosa_sdk.training.evaluation.evaluate import evaluate  # noqa: E402
+from cosa_sdk.training.run_record import RunRecord  # noqa: E402
 
 pytestmark = pytest.mark.usefixtures("cosa_cache")
 
@@ -42,6 +46,37 @@ def test_every_cam_refinement_and_threshold_pair_is_scored(trained_run, tmp_path
             assert rows[cam, refine, 0.3]["foreground"] >= rows[cam, refine, 0.7]["foreground"]
     # the two CAMs come from different heads, so their pseudo-labels are scored apart, not copied
     assert any(rows["main", False, h]["per_class_iou"] != rows["aux", False, h]["per_class_iou"] for h in (0.7, 0.3))
+
+
+def test_the_seg_stream_is_scored_against_each_cpl_and_the_masks(trained_run) -> None:
+    result = plq.measure(trained_run, pairs=((0.7, 0.45),), limit=4)
+    record = load_checkpoint(trained_run / "best.pt")
+    run_record = RunRecord.from_checkpoint(record)
+    scores = evaluate(
+        build_network(record, "assignment"),
+        run_record.eval_dataset(),
+        num_classes=len(run_record.classes),
+        limit=4,
+        with_cams=False,
+    )
+    # the seg stream over every pixel is the label-free seg mIoU `cosa eval` gives the same network
+    assert result["seg"]["miou"] == pytest.approx(scores["seg_miou"], abs=0.01)
+    for row in result["rows"]:
+        assert 0 <= row["seg_agreement"] <= 100 and 0 <= row["seg_miou"] <= 100
+        shares = [v for v in row["per_class_seg_agreement"].values() if v is not None]
+        assert shares and all(0 <= v <= 100 for v in shares)
+
+
+def test_training_images_can_be_scored(trained_run) -> None:
+    result = plq.measure(trained_run, pairs=((0.7, 0.45),), split="train", limit=2)
+    assert result["split"] == "train" and result["images"] == 2
+
+
+def test_agreement_is_read_along_the_cpl_rows() -> None:
+    matrix = np.array([[6, 2, 0], [1, 1, 0], [0, 0, 0]])  # rows: the CPL's class; columns: the seg stream's
+    overall, per_class = plq._agreement(matrix)
+    assert overall == pytest.approx(70.0)
+    assert per_class == [pytest.approx(75.0), pytest.approx(50.0), None]
 
 
 def test_bad_input_is_named(tmp_path, capsys) -> None:
