@@ -310,7 +310,8 @@ PRESETS: dict[str, TrainConfig] = {
 # the thresholds stay at 0.7 / 0.45 and the refinement off. The seg stream learns from the main CAM's
 # pseudo-label alone: the auxiliary CAM's (block 11 of 12) was the worse of the two on every benchmark
 # screened, and at probe scale dropping it took v3 from 39.9 to 43.9 label-free seg mIoU and v1 from
-# 53.5 to 55.4 (README, "Half of what the seg stream learned came from the weaker CAM")
+# 53.5 to 55.4; at full length v3 went from 49.6 to 52.2 and v1 from 52.7 to 53.1 (README, "Half of what the
+# seg stream learned came from the weaker CAM")
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["tiny"],
     aux_cpl_weight=0.0,
