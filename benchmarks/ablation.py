@@ -134,12 +134,16 @@ AFTER_WARMUP_KEYS = frozenset(
     | {"crf_loss", "crf_filter", "crf_sigma_rgb", "crf_sigma_xy", "perplexity_beta", "w_csc", "csc_temperature"}
 )
 
+# How the teacher sees the image: it runs in the warm-up only for terms weighted 0 (`warmup_zero_terms`).
+TEACHER_KEYS = frozenset({"pseudo_scales", "pseudo_flip", "aux_last_scale_only"})
+
 
 def warmup_identity(values: dict) -> dict:
     """What a saved warm-up's config (`TrainConfig.to_dict()`) must match to be reused for another."""
     if values.get("dynamic_threshold"):
         return values
-    return {key: value for key, value in values.items() if key not in AFTER_WARMUP_KEYS}
+    after = AFTER_WARMUP_KEYS if values.get("warmup_zero_terms") else AFTER_WARMUP_KEYS | TEACHER_KEYS
+    return {key: value for key, value in values.items() if key not in after}
 
 
 def shared_warmup(

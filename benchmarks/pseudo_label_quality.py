@@ -23,8 +23,13 @@ seg stream learned its teacher, and what it loses over the whole image comes fro
 ignores; where it falls short, the seg stream did not learn the labels it was given. `--split train`
 scores the training images instead (where they have masks), the images the seg stream was fitted to.
 
+The teacher sees each image as the run's training did (its `pseudo_scales` and `pseudo_flip`);
+`--teacher-scales 1.0,0.5,1.5 --teacher-flip on` scores the CPLs a multi-scale, mirrored teacher would give
+the same network, before paying for it in training.
+
 Usage: python benchmarks/pseudo_label_quality.py RUN_DIR [--data SPEC] [--split val|train]
-       [--network assignment] [--thresholds 0.7,0.45 0.4,0.25] [--limit 100] [--out pseudo_labels.json]
+       [--network assignment] [--thresholds 0.7,0.45 0.4,0.25] [--teacher-scales 1.0,1.5] [--teacher-flip on|off]
+       [--limit 100] [--out pseudo_labels.json]
 """
 
 from __future__ import annotations
@@ -61,6 +66,23 @@ def threshold_pair(text: str) -> tuple[float, float]:
     if not 0 < low < high < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: need 0 < LOW < HIGH < 1 (pixels between them are ignored)")
     return high, low
+
+
+def teacher_scales(text: str) -> tuple[float, ...]:
+    """'1.0,0.5,1.5' -> (1.0, 0.5, 1.5): the sizes, relative to the image, the teacher looks at."""
+    try:
+        scales = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: give the scales as S1,S2,..., e.g. 1.0,0.5,1.5") from None
+    if not all(0 < s <= 4 for s in scales):
+        raise argparse.ArgumentTypeError(f"{text!r}: each scale must be in (0, 4], e.g. 1.0,0.5,1.5")
+    return scales
+
+
+def on_off(text: str) -> bool:
+    if text.lower() not in ("on", "off"):
+        raise argparse.ArgumentTypeError(f"{text!r}: say on or off")
+    return text.lower() == "on"
 
 
 def _percent(value: float) -> float | None:
@@ -127,9 +149,12 @@ def measure(
     split: str = "val",
     network_name: str = "assignment",
     limit: int = 100,
+    scales: tuple[float, ...] | None = None,
+    flip: bool | None = None,
 ) -> dict:
     """{"rows": [{cam, refine, t_high, t_low, labelled, accuracy, fg_recall, miou, per_class_iou, seg_agreement,
-    seg_miou, ...}], "seg": {miou, per_class_iou}, ...} for one run."""
+    seg_miou, ...}], "seg": {miou, per_class_iou}, "teacher": {scales, flip}, ...} for one run. ``scales`` and
+    ``flip`` replace the run's own teacher settings (None keeps them)."""
     checkpoint = run / "best.pt" if run.is_dir() else run
     if not checkpoint.is_file():
         raise CosaInputError(f"{checkpoint}: no checkpoint there; give a run folder holding best.pt, or a .pt file")
@@ -137,6 +162,11 @@ def measure(
     network = build_network(record, network_name).eval()
     run_record = RunRecord.from_checkpoint(record)
     base = TrainConfig.from_dict(record["config"])
+    base = dataclasses.replace(
+        base,
+        pseudo_scales=base.pseudo_scales if scales is None else tuple(scales),
+        pseudo_flip=base.pseudo_flip if flip is None else flip,
+    )
     names = ["background", *run_record.classes]
     tallies: dict[tuple[str, bool, float, float], _Tally] = {}
     losses = {}
@@ -173,7 +203,15 @@ def measure(
     ]
     seg_scores = seg_all.scores()
     seg = {"miou": 100.0 * float(seg_scores["miou"]), "per_class_iou": _by_name(names, seg_scores["per_class_iou"])}
-    return {"run": str(run), "network": network_name, "split": split, "images": images, "seg": seg, "rows": rows}
+    return {
+        "run": str(run),
+        "network": network_name,
+        "split": split,
+        "images": images,
+        "teacher": {"scales": list(base.pseudo_scales), "flip": base.pseudo_flip},
+        "seg": seg,
+        "rows": rows,
+    }
 
 
 def _samples(run_record: RunRecord, split: str, data_spec: str | None):
@@ -203,7 +241,9 @@ def format_table(result: dict) -> str:
     lines.append(f"{label:>57} {seg['miou']:6.1f}{'':21}" + _cells(seg["per_class_iou"]))
     lines.append(f"objects: share of pixels called objects; the masks hold {rows[0]['gt_foreground']:.1f}")
     lines.append("seg=cpl: share of the CPL's labelled pixels where the seg stream agrees; seg mIoU: on those pixels")
-    lines.append(f"{result['images']} {result.get('split', 'val')} images")
+    teacher = result.get("teacher")
+    seen = "" if teacher is None else f"; teacher scales {teacher['scales']}, flip {'on' if teacher['flip'] else 'off'}"
+    lines.append(f"{result['images']} {result.get('split', 'val')} images{seen}")
     return "\n".join(lines)
 
 
@@ -218,6 +258,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--split", default="val", help="the split to score: val (held out) or train (fitted to)")
     parser.add_argument("--network", default="assignment", choices=("assignment", "online"))
     parser.add_argument("--thresholds", nargs="+", type=threshold_pair, default=list(DEFAULT_PAIRS))
+    parser.add_argument(
+        "--teacher-scales", type=teacher_scales, default=None, help="the teacher's scales (default: the run's)"
+    )
+    parser.add_argument("--teacher-flip", type=on_off, default=None, help="on | off (default: the run's)")
     parser.add_argument("--limit", type=int, default=100, help="held-out images to score")
     parser.add_argument("--out", type=Path, default=None, help="also write the scores as JSON")
     args = parser.parse_args(argv)
@@ -230,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
             split=args.split,
             network_name=args.network,
             limit=args.limit,
+            scales=args.teacher_scales,
+            flip=args.teacher_flip,
         )
     except CosaError as error:
         print(f"error: {error}", file=sys.stderr)

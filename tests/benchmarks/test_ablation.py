@@ -44,11 +44,18 @@ def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> No
         assert torch.equal(got[name], expected[name]), name
 
 
-def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeypatch) -> None:
+@pytest.mark.parametrize(
+    "row, after_warmup",
+    [
+        ("+affinity", dict(t_high=0.4, t_low=0.25, aux_t_high=0.4, aux_t_low=0.25)),
+        ("released", dict(pseudo_scales=(1.0, 1.5), pseudo_flip=True)),  # another teacher
+    ],
+)
+def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeypatch, row, after_warmup) -> None:
     base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100)
+    assert not base.warmup_zero_terms  # the teacher does not run in this warm-up
     warm, _ = ablation.shared_warmup(ablation.row_config("released", base, seed=0), 3, DATA, tmp_path, {})
-    lower = dict(t_high=0.4, t_low=0.25, aux_t_high=0.4, aux_t_low=0.25)
-    config = dataclasses.replace(ablation.row_config("+affinity", base, seed=0), **lower)
+    config = dataclasses.replace(ablation.row_config(row, base, seed=0), **after_warmup)
     straight = Trainer(config, run_dir=tmp_path / "straight", data_spec=DATA)
     straight.fit()
 
@@ -65,6 +72,9 @@ def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeyp
         assert torch.equal(got[name], expected[name]), name
     with pytest.raises(AssertionError, match="reused"):  # the learning rate acts during the warm-up
         ablation.shared_warmup(dataclasses.replace(config, lr=config.lr / 2), 3, DATA, tmp_path, {})
+    if "pseudo_flip" in after_warmup:  # a teacher that runs during the warm-up (terms weighted 0) counts
+        zero = dataclasses.replace(config, warmup_zero_terms=True).to_dict()
+        assert ablation.warmup_identity(zero) != ablation.warmup_identity({**zero, "pseudo_flip": False})
 
 
 def test_a_branch_runs_under_the_rows_thresholds_not_the_warm_ups(tmp_path) -> None:

@@ -16,6 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "benchmarks"))  # t
 import pseudo_label_quality as plq  # noqa: E402
 from tiny_training import DATA, tiny_config  # noqa: E402
 
+from cosa_sdk.training.config import TrainConfig  # noqa: E402
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint  # noqa: E402
 from cosa_sdk.training.engine.trainer import Trainer  # noqa: E402
 from cosa_sdk.training.evaluation.evaluate import evaluate  # noqa: E402
@@ -72,6 +73,18 @@ def test_training_images_can_be_scored(trained_run) -> None:
     assert result["split"] == "train" and result["images"] == 2
 
 
+def test_the_teacher_can_see_other_scales_than_the_run_did(trained_run) -> None:
+    own = plq.measure(trained_run, pairs=((0.7, 0.45),), limit=2)
+    trained = TrainConfig.from_dict(load_checkpoint(trained_run / "best.pt")["config"])
+    assert own["teacher"] == {"scales": list(trained.pseudo_scales), "flip": trained.pseudo_flip}
+    wider = plq.measure(trained_run, pairs=((0.7, 0.45),), limit=2, scales=(1.0, 0.5, 1.5), flip=True)
+    assert wider["teacher"] == {"scales": [1.0, 0.5, 1.5], "flip": True}
+    assert wider["teacher"] != own["teacher"]
+    # another teacher gives other pseudo-labels; the seg stream's own forward does not change
+    assert [r["per_class_iou"] for r in wider["rows"]] != [r["per_class_iou"] for r in own["rows"]]
+    assert wider["seg"] == own["seg"]
+
+
 def test_agreement_is_read_along_the_cpl_rows() -> None:
     matrix = np.array([[6, 2, 0], [1, 1, 0], [0, 0, 0]])  # rows: the CPL's class; columns: the seg stream's
     overall, per_class = plq._agreement(matrix)
@@ -85,3 +98,9 @@ def test_bad_input_is_named(tmp_path, capsys) -> None:
     with pytest.raises(SystemExit):
         plq.main([str(tmp_path), "--thresholds", "0.3,0.5"])
     assert "need 0 < LOW < HIGH < 1" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plq.main([str(tmp_path), "--teacher-scales", "1.0,-2"])
+    assert "each scale must be in (0, 4]" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        plq.main([str(tmp_path), "--teacher-flip", "yes"])
+    assert "say on or off" in capsys.readouterr().err
