@@ -311,7 +311,8 @@ PRESETS: dict[str, TrainConfig] = {
 # pseudo-label alone: the auxiliary CAM's (block 11 of 12) was the worse of the two on every benchmark
 # screened, and at probe scale dropping it took v3 from 39.9 to 43.9 label-free seg mIoU and v1 from
 # 53.5 to 55.4; at full length v3 went from 49.6 to 52.2 and v1 from 52.7 to 53.1 (README, "Half of what the
-# seg stream learned came from the weaker CAM")
+# seg stream learned came from the weaker CAM"). At full length on v3, thresholds 0.5 / 0.3 gave 48.6 and the
+# mirrored teacher at the same minutes (560 co-training steps) 48.1 (README, "A mirrored teacher gives better seeds")
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["tiny"],
     aux_cpl_weight=0.0,
