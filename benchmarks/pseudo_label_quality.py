@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaError, CosaInputError
-from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.config import TrainConfig, pseudo_scales_problem
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
 from cosa_sdk.training.evaluation.evaluate import predict_maps
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix
@@ -74,8 +74,9 @@ def teacher_scales(text: str) -> tuple[float, ...]:
         scales = tuple(float(v) for v in text.split(","))
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r}: give the scales as S1,S2,..., e.g. 1.0,0.5,1.5") from None
-    if not all(0 < s <= 4 for s in scales):
-        raise argparse.ArgumentTypeError(f"{text!r}: each scale must be in (0, 4], e.g. 1.0,0.5,1.5")
+    problem = pseudo_scales_problem(scales)
+    if problem:
+        raise argparse.ArgumentTypeError(f"{text!r}: {problem}")
     return scales
 
 

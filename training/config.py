@@ -136,6 +136,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_cam_refine(self)
+        check_teacher(self)
         if self.rescale_base not in RESCALE_BASES:
             raise CosaConfigError(
                 f"rescale_base must be 'image' (rescale each image's own size) or 'eval' (rescale the eval_size "
@@ -192,6 +193,28 @@ class TrainConfig:
             inert |= {"cam_refine_iters", "cam_refine_scale", "cam_refine_dilations"}
         skip = RUNTIME_KEYS | inert
         return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
+
+
+MAX_PSEUDO_SCALE = 4.0
+
+
+def pseudo_scales_problem(scales: Any) -> str | None:
+    """What is wrong with a teacher's `pseudo_scales` (None when nothing is): it needs at least one
+    size, relative to the crop, each in (0, MAX_PSEUDO_SCALE]; larger views cost memory and add no detail."""
+    if not isinstance(scales, tuple) or not scales:
+        return "give at least one scale, e.g. 1.0 or 1.0,0.5,1.5"
+    if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= MAX_PSEUDO_SCALE for s in scales):
+        return f"each scale must be in (0, {MAX_PSEUDO_SCALE:g}], e.g. 1.0,0.5,1.5"
+    return None
+
+
+def check_teacher(config: TrainConfig) -> None:
+    """Reject teacher views training cannot run with before any image is loaded."""
+    problem = pseudo_scales_problem(config.pseudo_scales)
+    if problem:
+        raise CosaConfigError(f"pseudo_scales={config.pseudo_scales!r}: {problem}")
+    if not isinstance(config.pseudo_flip, bool):
+        raise CosaConfigError(f"pseudo_flip must be true or false, got {config.pseudo_flip!r}")
 
 
 def check_cam_refine(config: TrainConfig) -> None:

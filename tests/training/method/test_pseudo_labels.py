@@ -9,7 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from cosa_sdk.errors import CosaInputError
+from cosa_sdk.errors import CosaConfigError, CosaInputError
+from cosa_sdk.training.config import TrainConfig, apply_overrides, preset
 from cosa_sdk.training.method.pseudo_labels import (
     cam_pseudo_label,
     channel_argmax,
@@ -135,6 +136,30 @@ def test_teacher_fusion_rejects_bad_forward_and_input() -> None:
         teacher_fusion(lambda x: {"seg": x}, torch.randn(1, 3, 8, 8))
     with pytest.raises(CosaInputError, match="B x C x H x W"):
         teacher_fusion(ToyNet(), torch.randn(3, 8, 8))
+
+
+@pytest.mark.parametrize(
+    ("override", "problem"),
+    [
+        ("pseudo_scales=1.0,-2", "each scale must be in \\(0, 4\\]"),
+        ("pseudo_scales=0", "each scale must be in"),
+        ("pseudo_scales=1.0,8", "each scale must be in"),
+        ("pseudo_scales=", "give at least one scale"),
+        ("pseudo_flip=maybe", "pseudo_flip"),
+    ],
+)
+def test_a_teacher_training_cannot_run_is_refused_before_any_image(override: str, problem: str) -> None:
+    with pytest.raises(CosaConfigError, match=problem):
+        apply_overrides(preset("cpu"), [override])
+
+
+def test_the_teacher_check_also_guards_saved_configs_and_keeps_good_ones() -> None:
+    with pytest.raises(CosaConfigError, match="pseudo_scales"):
+        TrainConfig.from_dict({**preset("voc").to_dict(), "pseudo_scales": [1.0, True]})
+    with pytest.raises(CosaConfigError, match="pseudo_flip must be true or false"):
+        TrainConfig.from_dict({**preset("voc").to_dict(), "pseudo_flip": "yes"})
+    config = apply_overrides(preset("cpu"), ["pseudo_scales=1.0,0.5,4", "pseudo_flip=on"])
+    assert config.pseudo_scales == (1.0, 0.5, 4.0) and config.pseudo_flip is True
 
 
 def test_normalize_cams_maps_every_class_to_unit_range() -> None:
