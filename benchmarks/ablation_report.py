@@ -208,9 +208,12 @@ def _machine() -> dict:
     import os
     import platform
 
+    from cosa_sdk.training.engine.precision import native_bf16
+
     return {
         "cpu": platform.processor() or platform.machine(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+        "native_bf16": native_bf16(torch.device("cpu"))[1],  # what amp=auto decides from
     }

@@ -79,8 +79,9 @@ def train_command(args: argparse.Namespace) -> int:
         from cosa_sdk.training.data import data_summary
 
         print(data_summary(data, trainer.train_set), flush=True)
-        if trainer.resolution_note:
-            print(trainer.resolution_note, flush=True)
+        for note in (trainer.resolution_note, trainer.precision_note):
+            if note:
+                print(note, flush=True)
     for role, dataset in (("train", trainer.train_set), ("val", trainer.val_set)):
         bad = checked.bad_items(role)
         if bad and dataset is not None:  # --skip-bad-images: train and score without them

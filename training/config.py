@@ -27,10 +27,21 @@ ADDED_KEYS = {
     "rescale_base": "image",
 }
 RESCALE_BASES = ("image", "eval")
+AMP_MODES = ("off", "bf16", "auto")
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
 RUNTIME_KEYS = frozenset(
-    {"device", "num_workers", "log_every", "eval_every", "checkpoint_every", "sample_every", "eval_limit", "progress"}
+    {
+        "device",
+        "amp",  # how this machine computes the same method; "auto" decides per machine anyway
+        "num_workers",
+        "log_every",
+        "eval_every",
+        "checkpoint_every",
+        "sample_every",
+        "eval_limit",
+        "progress",
+    }
 )
 
 
@@ -130,13 +141,16 @@ class TrainConfig:
     sample_every: int = 2000
     log_every: int = 20
     seed: int = 0
-    amp: bool = False
+    # bf16 autocast of the forward passes: "off", "bf16", or "auto" (bf16 where the device computes it natively,
+    # training/engine/precision.py); true / false mean bf16 / off
+    amp: str = "off"
     device: str | None = None
     progress: bool = True
 
     def __post_init__(self) -> None:
         check_cam_refine(self)
         check_teacher(self)
+        self.amp = normalize_amp(self.amp)
         if self.rescale_base not in RESCALE_BASES:
             raise CosaConfigError(
                 f"rescale_base must be 'image' (rescale each image's own size) or 'eval' (rescale the eval_size "
@@ -193,6 +207,23 @@ class TrainConfig:
             inert |= {"cam_refine_iters", "cam_refine_scale", "cam_refine_dilations"}
         skip = RUNTIME_KEYS | inert
         return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
+
+
+def normalize_amp(value: object) -> str:
+    """`amp` as one of AMP_MODES; booleans and on/off words (older configs, `amp=true`) mean "bf16" / "off"."""
+    if isinstance(value, bool):
+        return "bf16" if value else "off"
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "on"):
+        return "bf16"
+    if text in ("false", "0", "no", "none"):
+        return "off"
+    if text not in AMP_MODES:
+        raise CosaConfigError(
+            f"amp must be 'off' (float32), 'bf16' (bf16 autocast) or 'auto' (bf16 where this machine computes it "
+            f"natively), got {value!r}"
+        )
+    return text
 
 
 MAX_PSEUDO_SCALE = 4.0
@@ -319,6 +350,8 @@ PRESETS: dict[str, TrainConfig] = {
         contrastive=False,
         crf_loss=False,
         warmup_zero_terms=False,  # no teacher forward in the 150 warm-up iterations: the 10-minute budget
+        # bf16 forward passes where the CPU computes bf16 natively (AVX512-BF16, AMX); float32 elsewhere
+        amp="auto",
         eval_every=165,
         checkpoint_every=60,
         sample_every=90,

@@ -219,9 +219,9 @@ def projection(phases: dict[str, dict[str, Any]], iters: int, warmup: int) -> di
 
 def train_notes(result: dict[str, Any], config: TrainConfig, device_type: str) -> list[str]:
     notes = []
-    if config.amp and "bfloat16" not in result["autocast_dtype"].values():
+    if config.amp == "bf16" and "bfloat16" not in result["autocast_dtype"].values():
         notes.append(
-            f"amp=True but the training forward ran in {sorted(set(result['autocast_dtype'].values()))} on "
+            f"amp=bf16 but the training forward ran in {sorted(set(result['autocast_dtype'].values()))} on "
             f"{device_type}: the engine does not autocast there"
         )
     if result["stopped_by_budget"]:

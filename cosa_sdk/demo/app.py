@@ -74,10 +74,12 @@ def train_stage(run: Path, config: TrainConfig, data: str) -> None:
             _say(f"reusing the trained run in {run} ({record['iteration']} iterations)")
             return
         _say(f"resuming training from {last} (iteration {record['iteration']} of {config.iters})")
-        Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", resume=True).fit()
-        return
-    _say(f"training the tiny preset for {config.iters} iterations on {data} -> {run}")
-    Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", force=True).fit()
+        trainer = Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", resume=True)
+    else:
+        _say(f"training the tiny preset for {config.iters} iterations on {data} -> {run}")
+        trainer = Trainer(config, run_dir=run, data_spec=data, preset_name="tiny", force=True)
+    _say(trainer.precision_note)
+    trainer.fit()
 
 
 def schedule_stage(

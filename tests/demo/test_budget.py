@@ -11,9 +11,10 @@ pytest.importorskip("torch")
 
 from tiny_training import DATA, tiny_config
 
-from cosa_sdk.demo import app
+from cosa_sdk.demo import app, budget
 from cosa_sdk.demo.budget import (
     MIN_FRACTION,
+    REST_IN_EVAL_IMAGES,
     REST_IN_STEPS,
     TRAINING_OVERHEAD,
     StepTimes,
@@ -61,12 +62,20 @@ def test_a_slow_machine_halves_the_batch_then_scales_the_schedule_to_fit() -> No
     sized = fit_schedule(TINY, SLOW, budget_min=10, val_images=VAL)
     assert sized.config.batch_size == TINY.batch_size // 2
     assert MIN_FRACTION <= sized.fraction < 1.0 and sized.config.iters < TINY.iters
-    available = 600 - REST_IN_STEPS * SLOW.cotraining_s - SLOW.calibration_s
+    available = 600 - SLOW.rest_seconds()
     assert sized.predicted_s <= available < sized.full_predicted_s
     share = sized.config.loss_warmup_iters / sized.config.iters
     assert share == pytest.approx(TINY.loss_warmup_iters / TINY.iters, abs=0.02)
     assert sized.config.eval_every < TINY.eval_every and sized.config.lr == TINY.lr
     assert f"training {sized.config.iters} iterations" in sized.message and "--budget 0" in sized.message
+
+
+def test_what_is_left_after_training_is_reserved_from_evaluation_speed_when_steps_run_in_bf16() -> None:
+    """bf16 autocast shortens a step, not the float32 evaluation, export and report that follow training."""
+    assert SLOW.rest_seconds() == pytest.approx(REST_IN_STEPS * SLOW.cotraining_s + SLOW.calibration_s)
+    bf16 = dataclasses.replace(FAST, warmup_s=0.5, cotraining_s=0.9)  # the same machine's evaluation speed
+    assert bf16.rest_seconds() == pytest.approx(REST_IN_EVAL_IMAGES * FAST.eval_image_s + FAST.calibration_s)
+    assert bf16.rest_seconds() > REST_IN_STEPS * bf16.cotraining_s + bf16.calibration_s
 
 
 def test_a_very_slow_machine_keeps_a_useful_schedule_and_says_it_runs_over() -> None:
@@ -117,6 +126,8 @@ def test_a_fresh_run_is_sized_from_what_was_measured(tmp_path, monkeypatch) -> N
 def test_the_fit_counts_only_the_held_out_images_an_evaluation_reads(tmp_path, monkeypatch) -> None:
     slow_evaluation = dataclasses.replace(SLOW, eval_image_s=25.0)
     monkeypatch.setattr(app, "measure_step_times", lambda *a, **k: slow_evaluation)
+    # only the in-training evaluations are under test here; what is reserved after training has its own test
+    monkeypatch.setattr(budget, "REST_IN_EVAL_IMAGES", 0.0)
     limited = dataclasses.replace(TINY, eval_limit=1)
     chosen, _ = app.schedule_stage(limited, _args(), tmp_path / "run", tmp_path, DATA)
     every_image = fit_schedule(limited, slow_evaluation, budget_min=10, val_images=4).config

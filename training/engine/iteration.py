@@ -16,6 +16,7 @@ from torch import nn
 
 from cosa_sdk.errors import CosaConfigError, CosaModelError
 from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.engine.precision import autocast_dtype
 from cosa_sdk.training.engine.schedule import build_optimizer, set_lr
 from cosa_sdk.training.method.ema import ema_update, make_assignment_network
 from cosa_sdk.training.method.step import CoSALosses, PseudoLabels, supervised_loss
@@ -58,6 +59,8 @@ class TrainingIteration:
         self.config, self.online, self.assignment = config, online, assignment
         self.losses, self.optimizer = losses, optimizer
         self.model: nn.Module = online
+        device = next(online.parameters()).device
+        self.autocast_dtype, self.precision_note = autocast_dtype(config.amp, device)
 
     @classmethod
     def build(
@@ -78,7 +81,9 @@ class TrainingIteration:
         return cls(config, online=online, assignment=assignment, losses=losses, optimizer=optimizer)
 
     def _autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=torch.bfloat16) if self.config.amp else nullcontext()
+        if self.autocast_dtype is None:
+            return nullcontext()
+        return torch.autocast(device.type, dtype=self.autocast_dtype)
 
     def __call__(self, batch: dict[str, torch.Tensor], step: int) -> IterationResult:
         cfg = self.config

@@ -93,6 +93,11 @@ class Trainer:
                 self.online, device_ids=device_ids, find_unused_parameters=True
             )
 
+    @property
+    def precision_note(self) -> str:
+        """What the training forward passes compute in, and why (`amp`, training/engine/precision.py)."""
+        return self.iteration.precision_note
+
     # The iteration owns the networks, losses and optimiser; the Trainer reads them through it.
     @property
     def assignment(self) -> torch.nn.Module | None:
@@ -336,6 +341,7 @@ class Trainer:
             "supervision": self.supervision,
             "classes": list(self.train_set.classes),
             "world_size": self.ctx.world_size,
+            "autocast": str(self.iteration.autocast_dtype or torch.float32).removeprefix("torch."),
             "config": self.config.to_dict(),
         }
         (self.run_dir / "config.json").write_text(json.dumps(payload, indent=2))

@@ -27,6 +27,7 @@ from cosa_sdk.training.method.pseudo_labels import (
     teacher_fusion,
     valid_cams,
 )
+from cosa_sdk.training.model.network import CoSAOutput
 
 
 @dataclass
@@ -86,8 +87,12 @@ class CoSALosses(nn.Module):
     def teacher_maps(self, assignment: nn.Module, weak: torch.Tensor) -> TeacherOutput:
         """The assignment network's fused maps of the weak view (the teacher's only forward pass)."""
         cfg = self.config
+
+        def fp32_maps(images: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
+            return tuple(None if m is None else m.float() for m in assignment.forward_all_maps(images))
+
         return teacher_fusion(
-            assignment.forward_all_maps,
+            fp32_maps,
             weak,
             scales=cfg.pseudo_scales,
             aux_last_scale_only=cfg.aux_last_scale_only,
@@ -152,7 +157,7 @@ class CoSALosses(nn.Module):
         pseudo = None
         if with_terms or self.dynamic is not None:
             pseudo = self.make_pseudo_labels(assignment, batch["weak"], labels, batch["box"])
-        out = online(batch["strong"])
+        out = _fp32(online(batch["strong"]))
         l_cls = classification_loss(out.logits, labels)
         l_aux = classification_loss(out.aux_logits, labels)
         total = l_cls + l_aux
@@ -206,7 +211,7 @@ def supervised_loss(
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """`--supervision full`: cross-entropy of the segmentation stream on ground-truth masks (the upper bound),
     plus the CAM head's classification loss on the image labels when `class_loss` (its class scores deploy)."""
-    out = online(batch["strong"])
+    out = _fp32(online(batch["strong"]))
     seg = F.interpolate(out.seg, size=batch["strong"].shape[-2:], mode="bilinear", align_corners=False)
     mask = batch["mask"]
     if bool((mask == 255).all()):
@@ -219,6 +224,12 @@ def supervised_loss(
         loss = loss + l_cls
         terms["cls"] = l_cls.item()
     return loss, terms
+
+
+def _fp32(out: CoSAOutput) -> CoSAOutput:
+    """The network's maps in float32: under bf16 autocast the forward runs in bf16, the losses and pseudo-labels
+    do not (CPU autocast leaves most loss functions in the input's dtype)."""
+    return CoSAOutput(*(t.float() for t in out))
 
 
 def _roi(box: torch.Tensor, size: torch.Size, device: torch.device) -> torch.Tensor:

@@ -164,6 +164,7 @@ def test_train_command_prints_the_data_line(tmp_path: Path, monkeypatch, capsys)
             self.train_set = build_dataset(data_spec, "train", crop_size=16)
             self.val_set = None  # the Trainer's val_set is None for data without masks
             self.resolution_note = None  # resolution=preset: nothing chosen from the data
+            self.precision_note = "precision: float32 (amp=off)"
 
         def fit(self) -> dict:
             print("fit")
@@ -176,7 +177,7 @@ def test_train_command_prints_the_data_line(tmp_path: Path, monkeypatch, capsys)
     )  # fmt: skip
     assert cli.train_command(args) == 0
     out = capsys.readouterr().out
-    assert out.startswith(f"data: {spec} (split train_aug, 2 images)\nfit\n")
+    assert out.startswith(f"data: {spec} (split train_aug, 2 images)\nprecision: float32 (amp=off)\nfit\n")
 
 
 def test_voc_errors_name_the_fix(tmp_path: Path) -> None:
