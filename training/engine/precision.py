@@ -1,9 +1,10 @@
 """Which dtype the training forward passes autocast to (`TrainConfig.amp`), decided per machine for "auto".
 
-bf16 autocast pays only where the hardware multiplies bf16 natively: on a 2-core CPU with AVX512-BF16 a
-co-training step of the `cpu` preset took 2.5-3.4 s instead of 4.1-4.3 s, while a CPU without it would
-emulate bf16 and run slower than in float32. Losses and pseudo-labels stay in float32 either way
-(`method/step.py`).
+bf16 autocast pays only where the CPU multiplies bf16 natively: on a 2-core EPYC with AVX512-BF16 a
+`tiny` co-training step took 1.31 s instead of 2.21 s, while with oneDNN capped to AVX-512 without BF16, or
+to AVX2, the emulated bf16 step was 1.8x and 8x slower than float32 (`benchmarks/cpu_precision.py`). Only
+x86 CPU flags are known here: other CPUs train in float32 under "auto". Losses and pseudo-labels stay in
+float32 either way (`method/step.py`).
 """
 
 from __future__ import annotations
