@@ -157,13 +157,13 @@ class TrainConfig:
                 f"square it is scored and deployed at), got {self.rescale_base!r}"
             )
         beta = self.aux_cpl_weight
-        if isinstance(beta, bool) or not isinstance(beta, (int, float)) or not 0 <= beta <= 1:
+        if not _is_number(beta) or not 0 <= beta <= 1:
             raise CosaConfigError(
                 f"aux_cpl_weight must be in [0, 1], the share of L_c2s taken from the auxiliary CAM's pseudo-label "
                 f"(0.5 as released, 0 for the main CAM's alone), got {beta!r}"
             )
         width = self.detail_channels
-        if isinstance(width, bool) or not isinstance(width, int) or width < 0 or width % 2:
+        if not _is_number(width, integer=True) or width < 0 or width % 2:
             raise CosaConfigError(
                 f"detail_channels must be 0 (no detail refiner) or an even width such as 32, got {width!r}"
             )
@@ -209,6 +209,12 @@ class TrainConfig:
         return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
 
 
+def _is_number(value: object, *, integer: bool = False) -> bool:
+    """An int (or, unless `integer`, a float), and not a bool, which Python counts as an int."""
+    kinds = int if integer else (int, float)
+    return isinstance(value, kinds) and not isinstance(value, bool)
+
+
 def normalize_amp(value: object) -> str:
     """`amp` as one of AMP_MODES; booleans and on/off words (older configs, `amp=true`) mean "bf16" / "off"."""
     if isinstance(value, bool):
@@ -234,7 +240,7 @@ def pseudo_scales_problem(scales: Any) -> str | None:
     size, relative to the crop, each in (0, MAX_PSEUDO_SCALE]; larger views cost memory and add no detail."""
     if not isinstance(scales, tuple) or not scales:
         return "give at least one scale, e.g. 1.0 or 1.0,0.5,1.5"
-    if any(isinstance(s, bool) or not isinstance(s, (int, float)) or not 0 < s <= MAX_PSEUDO_SCALE for s in scales):
+    if any(not _is_number(s) or not 0 < s <= MAX_PSEUDO_SCALE for s in scales):
         return f"each scale must be in (0, {MAX_PSEUDO_SCALE:g}], e.g. 1.0,0.5,1.5"
     return None
 
@@ -253,10 +259,10 @@ def check_cam_refine(config: TrainConfig) -> None:
     if not isinstance(config.cam_refine, bool):
         raise CosaConfigError(f"cam_refine must be true or false, got {config.cam_refine!r}")
     iters = config.cam_refine_iters
-    if isinstance(iters, bool) or not isinstance(iters, int) or iters < 1:
+    if not _is_number(iters, integer=True) or iters < 1:
         raise CosaConfigError(f"cam_refine_iters must be an integer >= 1 (10 in ToCo), got {iters!r}")
     scale = config.cam_refine_scale
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale <= 1:
+    if not _is_number(scale) or not 0 < scale <= 1:
         raise CosaConfigError(
             f"cam_refine_scale must be in (0, 1], the fraction of the crop side to refine at (e.g. 0.5), got {scale!r}"
         )
@@ -264,7 +270,7 @@ def check_cam_refine(config: TrainConfig) -> None:
     if (
         not isinstance(dilations, tuple)
         or not dilations
-        or any(isinstance(d, bool) or not isinstance(d, int) or d < 1 for d in dilations)
+        or any(not _is_number(d, integer=True) or d < 1 for d in dilations)
     ):
         raise CosaConfigError(
             f"cam_refine_dilations must be a tuple of positive integers, e.g. cam_refine_dilations=1,2,4,8,12,24; "
