@@ -28,6 +28,9 @@ ADDED_KEYS = {
 }
 RESCALE_BASES = ("image", "eval")
 AMP_MODES = ("off", "bf16", "auto")
+# how `key=value` overrides (and `amp`) spell a boolean
+TRUE_WORDS = ("1", "true", "yes", "on")
+FALSE_WORDS = ("0", "false", "no", "off")
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
 RUNTIME_KEYS = frozenset(
@@ -220,9 +223,9 @@ def normalize_amp(value: object) -> str:
     if isinstance(value, bool):
         return "bf16" if value else "off"
     text = str(value).strip().lower()
-    if text in ("true", "1", "yes", "on"):
+    if text in TRUE_WORDS:
         return "bf16"
-    if text in ("false", "0", "no", "none"):
+    if text in FALSE_WORDS or text == "none":
         return "off"
     if text not in AMP_MODES:
         raise CosaConfigError(
@@ -410,9 +413,9 @@ def _coerce(key: str, text: str, current: Any, annotation: str) -> Any:
         if annotation.startswith("dict"):
             return json.loads(text)
         if isinstance(current, bool) or annotation == "bool":
-            if text.lower() in ("1", "true", "yes", "on"):
+            if text.lower() in TRUE_WORDS:
                 return True
-            if text.lower() in ("0", "false", "no", "off"):
+            if text.lower() in FALSE_WORDS:
                 return False
             raise ValueError(text)
         if annotation.startswith("tuple"):
