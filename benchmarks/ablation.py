@@ -17,6 +17,8 @@ table per benchmark (also JSON and a PNG bar chart):
   +aux-cpl        released with half of L_c2s from the auxiliary CAM's pseudo-label, as the released code
   no-aux-cpl      released with L_c2s from the main CAM's pseudo-label alone (for presets that mix in the aux)
   +detail         released with the detail refiner: seg logits redrawn at stride 4 from the image
+  avg-pool        released with the CAM head scoring the mean of the feature map, not its max (`cam_pool`)
+  +class-paste    released with half the images of each batch given one class's pixels from another image
   full            the same network and schedule trained on ground-truth masks (upper bound)
   full+detail     `full` with the detail refiner: can a finer seg grid draw the shapes at all?
 
@@ -132,6 +134,7 @@ AFTER_WARMUP_KEYS = frozenset(
     {"t_high", "t_low", "aux_t_high", "aux_t_low", "fg_alpha", "aux_cpl_weight", "spl_temperature"}
     | {"cam_refine", "cam_refine_iters", "cam_refine_scale", "cam_refine_dilations", "w_c2s", "w_s2c", "w_reg"}
     | {"crf_loss", "crf_filter", "crf_sigma_rgb", "crf_sigma_xy", "perplexity_beta", "w_csc", "csc_temperature"}
+    | {"class_paste"}
 )
 
 # How the teacher sees the image: it runs in the warm-up only for terms weighted 0 (`warmup_zero_terms`).
@@ -152,18 +155,21 @@ def shared_warmup(
     """The classification warm-up all co-training rows of one seed share: (its last.pt, its minutes).
 
     Warm-up iterations compute the same thing in every weak row (the techniques act after it), except
-    that dynamic thresholds run their tracker from step 0, another sampling draws other images and a detail
-    refiner is another network; such rows share a warm-up of their own. The CAM-only row leaves it too: its
-    first `warmup_iters` iterations are the same classification training."""
-    key = (config.seed, config.dynamic_threshold, config.label_set_balance, config.detail_channels)
+    that dynamic thresholds run their tracker from step 0, another sampling draws other images, and a detail
+    refiner or another CAM pooling is another network; such rows share a warm-up of their own. The CAM-only
+    row leaves it too: its first `warmup_iters` iterations are the same classification training."""
+    key = (config.seed, config.dynamic_threshold, config.label_set_balance, config.detail_channels, config.cam_pool)
     if key not in cache:
         techniques = {**dict.fromkeys(TECHNIQUES, False), "dynamic_threshold": key[1]}
         warm_config = dataclasses.replace(config, **techniques, loss_warmup_iters=warmup_iters)
         detail = f"-detail{key[3]}" if key[3] else ""
-        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}{detail}"
+        pool = "" if key[4] == "max" else f"-{key[4]}pool"
+        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}{detail}{pool}"
         done = run / "warmup.json"
         saved = json.loads(done.read_text()) if done.exists() else {}
-        same = saved and warmup_identity(saved["config"]) == warmup_identity(warm_config.to_dict())
+        # read back through TrainConfig, so keys added since the warm-up was saved take the value it trained with
+        then = TrainConfig.from_dict(saved["config"]).to_dict() if saved else None
+        same = then is not None and warmup_identity(then) == warmup_identity(warm_config.to_dict())
         if same and saved.get("data") == data_spec:
             cache[key] = (run / "last.pt", saved["minutes"])
             return cache[key]

@@ -24,6 +24,8 @@ ROWS: dict[str, dict] = {
     "+aux-cpl": {"aux_cpl_weight": 0.5},
     "no-aux-cpl": {"aux_cpl_weight": 0.0},
     "+detail": {"detail_channels": 32},
+    "avg-pool": {"cam_pool": "avg"},
+    "+class-paste": {"class_paste": 0.5},
     "full": {},
     "full+detail": {"detail_channels": 32},
 }

@@ -56,7 +56,8 @@ class ExportOptions:
     int8_eval_images: int = 16
     int8_min_agreement: float = INT8_MIN_AGREEMENT
     # cosa.json postprocess.drop_absent, the SDK's default for segment(drop_absent=None); None: on when the graph
-    # gives class scores (it never cost more than 0.03 mIoU on benchmarks v1-v4 and gave up to +3.3, README)
+    # gives class scores (it never cost more than 0.03 mIoU on benchmarks v1-v4 and gave up to +3.3: docs/benchmarks.md,
+    # "The SDK's post-processing on every benchmark")
     drop_absent: bool | None = None
     class_threshold: float = CLASS_THRESHOLD
     edge_aware: bool = False  # cosa.json postprocess.edge_aware: the SDK's default for segment(edge_aware=None)

@@ -25,9 +25,12 @@ ADDED_KEYS = {
     "detail_channels": 0,
     "full_class_loss": False,
     "rescale_base": "image",
+    "cam_pool": "max",
+    "class_paste": 0.0,
 }
 RESCALE_BASES = ("image", "eval")
 AMP_MODES = ("off", "bf16", "auto")
+CAM_POOLS = ("max", "avg")  # training/model/network.py, image_logits
 # how `key=value` overrides (and `amp`) spell a boolean
 TRUE_WORDS = ("1", "true", "yes", "on")
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -62,6 +65,11 @@ class TrainConfig:
     dilation: int = 5
     # > 0: a DetailRefiner of this width redraws the seg logits at stride 4 from the image (training/model/detail.py)
     detail_channels: int = 0
+    # how the CAM head's image logits pool the feature map: "max" as released, or "avg" (training/model/network.py,
+    # image_logits); it shapes the CAMs from the first step, so it is part of the network and the warm-up. "avg"
+    # cost `tiny` 7 label-free mIoU on benchmarks v1 and v3 (docs/benchmarks.md, "Average pooling and class paste
+    # (`tiny`, seed 0)")
+    cam_pool: str = "max"
     # data; resolution "auto" replaces crop_size and eval_size by a side chosen from the data's image and
     # object sizes before training (training/data/resolution.py), unless eval_size is already set (a
     # resumed run's config, or a side you chose); "preset" keeps them
@@ -103,6 +111,10 @@ class TrainConfig:
     cam_refine_iters: int = 10
     cam_refine_scale: float = 0.5  # fraction of the crop side the refinement runs at
     cam_refine_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
+    # after the loss warm-up, the probability that an image of the batch receives one class's pseudo-labelled pixels
+    # from another image, with the class added to its labels (training/method/class_paste.py); 0: off, as in every
+    # preset (0.5 with `tiny`, seed 0: -2.9 on v3, -0.5 on v1)
+    class_paste: float = 0.0
     # during the loss warm-up, compute the pseudo-label terms and multiply them by 0.0 as the released loop
     # does: the decoder gets zero gradients, so weight decay applies and Adam's step count advances.
     # False skips them (no teacher forward in the warm-up; the decoder stays untouched until switch-on)
@@ -164,6 +176,16 @@ class TrainConfig:
             raise CosaConfigError(
                 f"aux_cpl_weight must be in [0, 1], the share of L_c2s taken from the auxiliary CAM's pseudo-label "
                 f"(0.5 as released, 0 for the main CAM's alone), got {beta!r}"
+            )
+        if self.cam_pool not in CAM_POOLS:
+            raise CosaConfigError(
+                f"cam_pool must be 'max' (the released head) or 'avg' (the mean over the map), got {self.cam_pool!r}"
+            )
+        paste = self.class_paste
+        if not _is_number(paste) or not 0 <= paste <= 1:
+            raise CosaConfigError(
+                f"class_paste must be a probability in [0, 1] (0: off, 0.5: half the images of a batch receive "
+                f"pasted pixels), got {paste!r}"
             )
         width = self.detail_channels
         if not _is_number(width, integer=True) or width < 0 or width % 2:
@@ -331,8 +353,8 @@ PRESETS: dict[str, TrainConfig] = {
         crop_size=168,
         rescale_range=(0.7, 1.3),
         # train at the scale the model is scored and deployed at: fully supervised on benchmark v3 (128-px
-        # images) this took label-free seg mIoU from 40.1 to 58.7 at the same steps (README, "Training at
-        # the scale of inference")
+        # images) this took label-free seg mIoU from 40.1 to 58.7 at the same steps
+        # (docs/benchmarks.md, "Training at the scale of inference (`rescale_base`)")
         rescale_base="eval",
         batch_size=16,
         num_workers=1,
@@ -350,7 +372,7 @@ PRESETS: dict[str, TrainConfig] = {
         aux_t_low=0.45,
         # the seg stream learns from the main CAM's pseudo-label alone: the auxiliary CAM's was the worse one on
         # every benchmark screened, and dropping it raised label-free seg mIoU on all four benchmarks (seed 0,
-        # and seed 1 on v1 and v3; README, "`tiny` without the auxiliary pseudo-label")
+        # and seed 1 on v1 and v3; docs/benchmarks.md, "`tiny` without the auxiliary pseudo-label, on every benchmark")
         aux_cpl_weight=0.0,
         # benchmarks/ablation.py, benchmark v2, 3 seeds: perplexity + contrastive cost 1.0 +- 0.4 seg mIoU
         # against the released path at this scale, so the CPU demo trains the released path; dynamic
@@ -368,21 +390,22 @@ PRESETS: dict[str, TrainConfig] = {
     ),
 }
 # People's own data on a CPU: 30-60 minutes on 2 cores for about 1,000-2,000 images (benchmark v3 at 308 px: 52.8
-# minutes with `tiny`'s amp=auto on a CPU with native bf16, 72.9 in float32, the same mIoU). The input side follows
-# the data (small objects get a finer CAM grid, up to 2x the compute of 224 px), a wider decoder and 5x the
-# co-training steps of `tiny` at half its batch. The trunk stays 10/12 frozen: with 8 frozen blocks the CAM
-# mIoU on benchmark v3 was 29.2 after 100 co-training steps (README, "Small objects"). Crops come from the
-# chosen square (`rescale_base="eval"`, from `tiny`): on v3 that took label-free seg mIoU from 37.3 to 49.6
-# weakly and from 38.7 to 76.9 fully supervised (800 iterations). Contrastive separation and full label-set
-# balancing (1.0) were probed on v3 for its co-occurring pair and made the pair worse (pair mIoU 21.2 -> 9.6
-# and 20.5), so both stay as in `tiny`. Lower CAM thresholds (0.4 / 0.25) and `cam_refine` took v1 from 52.7
-# to 54.2 and 56.6 but v3 (probe) from 39.9 to 38.7 and 37.7 (README, "Where the weak seeds stop short"), so
-# the thresholds stay at 0.7 / 0.45 and the refinement off. As in `tiny`, the seg stream learns from the main
-# CAM's pseudo-label alone: the auxiliary CAM's (block 11 of 12) was the worse of the two on every benchmark
-# screened, and at probe scale dropping it took v3 from 39.9 to 43.9 label-free seg mIoU and v1 from
-# 53.5 to 55.4; at full length v3 went from 49.6 to 52.2 and v1 from 52.7 to 53.1 (README, "Half of what the
-# seg stream learned came from the weaker CAM"). At full length on v3, thresholds 0.5 / 0.3 gave 48.6 and the
-# mirrored teacher at the same minutes (560 co-training steps) 48.1 (README, "A mirrored teacher gives better seeds")
+# minutes with `tiny`'s amp=auto on a CPU with native bf16, 72.9 in float32, the same mIoU). The input side follows the
+# data (small objects get a finer CAM grid, up to 2x the compute of 224 px), a wider decoder and 5x the co-training
+# steps of `tiny` at half its batch. The trunk stays 10/12 frozen: with 8 frozen blocks the CAM mIoU on benchmark v3 was
+# 29.2 after 100 co-training steps (docs/benchmarks.md, "The `cpu` preset on v3"). Crops come from the chosen square
+# (`rescale_base="eval"`, from `tiny`): on v3 that took label-free seg mIoU from 37.3 to 49.6 weakly and from 38.7 to
+# 76.9 fully supervised (800 iterations). Contrastive separation and full label-set balancing (1.0) were probed on v3
+# for its co-occurring pair and made the pair worse (pair mIoU 21.2 -> 9.6 and 20.5), so both stay as in `tiny`. Lower
+# CAM thresholds (0.4 / 0.25) and `cam_refine` took v1 from 52.7 to 54.2 and 56.6 but v3 (probe) from 39.9 to 38.7 and
+# 37.7 (docs/benchmarks.md, "Where the weak seeds stop short: thresholds and affinity refinement"), so the thresholds
+# stay at 0.7 / 0.45 and the refinement off. As in `tiny`, the seg stream learns from the main CAM's pseudo-label alone:
+# the auxiliary CAM's (block 11 of 12) was the worse of the two on every benchmark screened, and at probe scale dropping
+# it took v3 from 39.9 to 43.9 label-free seg mIoU and v1 from 53.5 to 55.4; at full length v3 went from 49.6 to 52.2
+# and v1 from 52.7 to 53.1
+# (docs/benchmarks.md, "Half of what the seg stream learned came from the weaker CAM (`aux_cpl_weight`)"). At full
+# length on v3, thresholds 0.5 / 0.3 gave 48.6 and the mirrored teacher at the same minutes (560 co-training steps) 48.1
+# (docs/benchmarks.md, "A mirrored teacher gives better seeds; a larger one does not")
 PRESETS["cpu"] = dataclasses.replace(
     PRESETS["tiny"],
     resolution="auto",

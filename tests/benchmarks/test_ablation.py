@@ -28,7 +28,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {**trainer.online.state_dict(), **{f"ema.{k}": v for k, v in trainer.assignment.state_dict().items()}}
 
 
-@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform", "+detail"])
+@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform", "+detail", "avg-pool", "+class-paste"])
 def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> None:
     base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100, t_high=0.65, t_low=0.35)
     config = ablation.row_config(row, base, seed=0)
@@ -42,6 +42,9 @@ def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> No
     expected, got = _weights(straight), _weights(branched)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
+    if row == "+class-paste":  # the draws are the step's, so a resumed run pastes the same pixels
+        logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+        assert sum(entry.get("pasted", 0) for entry in logged) > 0
 
 
 @pytest.mark.parametrize(
@@ -49,6 +52,7 @@ def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> No
     [
         ("+affinity", dict(t_high=0.4, t_low=0.25, aux_t_high=0.4, aux_t_low=0.25)),
         ("released", dict(pseudo_scales=(1.0, 1.5), pseudo_flip=True)),  # another teacher
+        ("+class-paste", {}),
     ],
 )
 def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeypatch, row, after_warmup) -> None:
@@ -63,6 +67,12 @@ def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeyp
         raise AssertionError("the saved warm-up should have been reused")
 
     monkeypatch.setattr(ablation, "Trainer", no_training)
+    assert ablation.shared_warmup(config, 3, DATA, tmp_path, {})[0] == warm
+    saved = warm.parent / "warmup.json"
+    record = json.loads(saved.read_text())
+    for key in ("cam_pool", "class_paste"):  # a warm-up saved before these keys existed trained with their defaults
+        del record["config"][key]
+    saved.write_text(json.dumps(record))
     assert ablation.shared_warmup(config, 3, DATA, tmp_path, {})[0] == warm
     ablation.branch(warm, tmp_path / "branched", config)
     branched = Trainer(config, run_dir=tmp_path / "branched", data_spec=DATA, resume=True)

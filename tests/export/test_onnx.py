@@ -131,6 +131,23 @@ def test_graph_has_logits_and_class_scores_from_one_pass(source, network, tmp_pa
         np.testing.assert_allclose(logits, network.seg_stream()(torch.from_numpy(batch)).numpy(), atol=1e-4, rtol=0)
 
 
+def test_an_avg_pooled_cam_head_exports_its_own_class_scores(network, source, tmp_path: Path) -> None:
+    """`cam_pool="avg"` travels in the model config, so the graph's class_scores pool as training did."""
+    from cosa_sdk.training.model.network import CoSANetwork
+
+    pooled = CoSANetwork.from_config({**network.model_config(), "cam_pool": "avg"})
+    pooled.load_state_dict(network.state_dict())
+    pooled.eval()
+    stream = pooled.seg_stream().class_score_view().eval()
+    exported = export_onnx(stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=17, dynamic=True)
+    session = ort.InferenceSession(str(exported.path), providers=["CPUExecutionProvider"])
+    for size in ((64, 64), (48, 80)):
+        batch = prepare_batch(list(synthetic_scenes(2, 64, seed=3)[0]), size, source.mean, source.std)
+        scores = session.run(["class_scores"], {"image": batch})[0]
+        np.testing.assert_allclose(scores, image_logits(pooled, batch), atol=1e-4, rtol=0)
+        assert not np.allclose(scores, image_logits(network, batch), atol=1e-3)  # not the max-pooled head's
+
+
 def test_old_one_output_graph_and_the_contract_check(source, tmp_path: Path) -> None:
     exported = export_onnx(
         source.stream, tmp_path / "m.onnx", input_size=(64, 64), num_outputs=4, opset=17, class_scores=False

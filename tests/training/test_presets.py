@@ -119,7 +119,8 @@ def test_rescale_base_picks_the_side_training_rescales_from():
 
 
 def test_the_cpu_presets_drop_the_aux_cams_pseudo_label_and_the_gpu_presets_keep_it():
-    """`tiny` and `cpu` train the seg stream on the main CAM's pseudo-label alone (README, "Half of what the
-    seg stream learned came from the weaker CAM"); the GPU presets keep the released mix."""
+    """`tiny` and `cpu` train the seg stream on the main CAM's pseudo-label alone
+    (docs/benchmarks.md, "Half of what the seg stream learned came from the weaker CAM (`aux_cpl_weight`)");
+    the GPU presets keep the released mix."""
     assert all(preset(name).aux_cpl_weight == 0.0 for name in ("tiny", "cpu"))
     assert all(preset(name).aux_cpl_weight == 0.5 for name in ("official", "voc", "coco"))

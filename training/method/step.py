@@ -14,6 +14,7 @@ from torch import nn
 
 from cosa_sdk.training.config import TrainConfig
 from cosa_sdk.training.method.affinity import refine_cams
+from cosa_sdk.training.method.class_paste import paste_classes, paste_generator
 from cosa_sdk.training.method.contrastive import contrastive_separation_loss
 from cosa_sdk.training.method.crf_loss import DenseCRFLoss
 from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold
@@ -149,45 +150,55 @@ class CoSALosses(nn.Module):
     def forward(
         self, online: nn.Module, assignment: nn.Module, batch: dict[str, torch.Tensor], step: int
     ) -> tuple[torch.Tensor, dict[str, float], PseudoLabels | None]:
-        """(total loss, {term: value}, pseudo-labels or None when the warm-up skips them)."""
+        """(total loss, {term: value}, the teacher's pseudo-labels or None when the warm-up skips them).
+
+        With `class_paste` the online network learns from a pasted copy of the batch and its pseudo-labels; the
+        pseudo-labels returned are the teacher's own, which match `batch["weak"]`."""
         cfg = self.config
-        labels = batch["labels"]
+        labels, strong = batch["labels"], batch["strong"]
         active = self.pseudo_labels_active(step)
         with_terms = active or cfg.warmup_zero_terms
-        pseudo = None
+        pseudo = taught = None
         if with_terms or self.dynamic is not None:
-            pseudo = self.make_pseudo_labels(assignment, batch["weak"], labels, batch["box"])
-        out = _fp32(online(batch["strong"]))
+            pseudo = taught = self.make_pseudo_labels(assignment, batch["weak"], labels, batch["box"])
+        pasted = None
+        if active and cfg.class_paste > 0:
+            strong, labels, taught, pasted = paste_classes(
+                strong, labels, pseudo, prob=cfg.class_paste, generator=paste_generator(cfg.seed, step)
+            )
+        out = _fp32(online(strong))
         l_cls = classification_loss(out.logits, labels)
         l_aux = classification_loss(out.aux_logits, labels)
         total = l_cls + l_aux
         terms = {"cls": l_cls.item(), "cls_aux": l_aux.item()}
+        if pasted is not None:
+            terms["pasted"] = float(pasted)
         if not with_terms:
             return total, terms, pseudo
         on = 1.0 if active else 0.0
-        size = batch["strong"].shape[-2:]
+        size = strong.shape[-2:]
         seg = F.interpolate(out.seg, size=size, mode="bilinear", align_corners=False)
         weights = None
         if cfg.perplexity:
             t = self.thresholds
-            weights = perplexity_weights(pseudo.valid_cam, labels, bg_threshold=t.high, beta=cfg.perplexity_beta)
+            weights = perplexity_weights(taught.valid_cam, labels, bg_threshold=t.high, beta=cfg.perplexity_beta)
         beta = cfg.aux_cpl_weight
         l_c2s = (1 - beta) * balanced_seg_loss(
-            seg, pseudo.cpl, fg_alpha=cfg.fg_alpha, pixel_weights=weights
-        ) + beta * balanced_seg_loss(seg, pseudo.cpl_aux, fg_alpha=cfg.fg_alpha, pixel_weights=weights)
-        l_s2c = seg_to_cam_loss(out.cam, pseudo.spl)
+            seg, taught.cpl, fg_alpha=cfg.fg_alpha, pixel_weights=weights
+        ) + beta * balanced_seg_loss(seg, taught.cpl_aux, fg_alpha=cfg.fg_alpha, pixel_weights=weights)
+        l_s2c = seg_to_cam_loss(out.cam, taught.spl)
         total = total + on * cfg.w_c2s * l_c2s + on * cfg.w_s2c * l_s2c
         terms.update(c2s=l_c2s.item(), s2c=l_s2c.item())
         if self.crf is not None:
             mean = torch.tensor(cfg.mean, device=seg.device).view(1, 3, 1, 1)
             std = torch.tensor(cfg.std, device=seg.device).view(1, 3, 1, 1)
-            images = (batch["strong"] * std + mean) * 255.0
-            l_reg = self.crf(images, seg.softmax(1), _roi(batch["box"], size, seg.device), pseudo.cpl)
+            images = (strong * std + mean) * 255.0
+            l_reg = self.crf(images, seg.softmax(1), _roi(batch["box"], size, seg.device), taught.cpl)
             total = total + on * cfg.w_reg * l_reg
             terms["reg"] = l_reg.item()
         if cfg.contrastive:
             l_csc = contrastive_separation_loss(
-                out.features, out.cam, pseudo.spl, labels, temperature=cfg.csc_temperature
+                out.features, out.cam, taught.spl, labels, temperature=cfg.csc_temperature
             )
             total = total + on * cfg.w_csc * l_csc
             terms["csc"] = l_csc.item()

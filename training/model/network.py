@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.errors import CosaModelError
+from cosa_sdk.training.config import CAM_POOLS
 from cosa_sdk.training.model.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
 from cosa_sdk.training.model.detail import DetailRefiner
 
@@ -44,9 +45,14 @@ class LargeFOV(nn.Module):
         return self.conv8(F.relu(self.conv7(F.relu(self.conv6(features)))))
 
 
-def image_logits(classifier: nn.Module, features: torch.Tensor) -> torch.Tensor:
-    """Image-level class logits (N, C): the CAM head on the global max pool of the final features."""
-    return classifier(F.adaptive_max_pool2d(features, 1)).flatten(1)
+def image_logits(classifier: nn.Module, features: torch.Tensor, pool: str = "max") -> torch.Tensor:
+    """Image-level class logits (N, C): the CAM head on the global pool of the features.
+
+    "max" (the released head) rewards the single strongest location of each feature channel, so the CAMs it
+    trains tend to mark an object's most telling part; "avg" scores the mean over the map (the original CAM
+    recipe), which rewards every part of an object that carries evidence."""
+    pooled = F.adaptive_max_pool2d(features, 1) if pool == "max" else F.adaptive_avg_pool2d(features, 1)
+    return classifier(pooled).flatten(1)
 
 
 def segment_logits(
@@ -67,11 +73,16 @@ def network_config(
     freeze_blocks: int = 0,
     backbone_kwargs: dict[str, Any] | None = None,
     detail_channels: int = 0,
+    cam_pool: str = "max",
 ) -> dict[str, Any]:
     """The JSON-able architecture description that `CoSANetwork.from_config` rebuilds.
 
-    `detail_channels` is written only when a refiner exists, so configs of networks without one stay as
-    they were (and old ones, which lack the key, mean 0)."""
+    `detail_channels` is written only when a refiner exists and `cam_pool` only when it is not the released
+    "max", so configs of networks without them stay as they were (old ones lack the keys and mean 0, "max")."""
+    if cam_pool not in CAM_POOLS:
+        raise CosaModelError(
+            f"cam_pool must be 'max' (the released head) or 'avg' (the mean over the map), got {cam_pool!r}"
+        )
     config = {
         "backbone": backbone,
         "num_classes": int(num_classes),
@@ -83,6 +94,8 @@ def network_config(
     }
     if detail_channels:
         config["detail_channels"] = int(detail_channels)
+    if cam_pool != "max":
+        config["cam_pool"] = cam_pool
     return config
 
 
@@ -90,7 +103,8 @@ class CoSANetwork(nn.Module):
     """Encoder + CAM head + aux CAM head + LargeFOV decoder with C+1 outputs (channel 0 = background).
 
     `num_classes` counts foreground classes (C). Image logits are the CAM head applied to the global
-    max pool of the features; CAMs are the same 1x1 weights applied per pixel (no ReLU inside).
+    max pool of the features (`cam_pool="avg"`: the mean); CAMs are the same 1x1 weights applied per pixel
+    (no ReLU inside).
     `detail_channels` > 0 adds a `DetailRefiner`: the seg logits come out at stride 4 instead of the
     backbone's stride.
     """
@@ -107,6 +121,7 @@ class CoSANetwork(nn.Module):
         backbone_weights: str | None = None,
         backbone_kwargs: dict[str, Any] | None = None,
         detail_channels: int = 0,
+        cam_pool: str = "max",
     ) -> None:
         super().__init__()
         self.config = network_config(
@@ -118,6 +133,7 @@ class CoSANetwork(nn.Module):
             freeze_blocks=freeze_blocks,
             backbone_kwargs=backbone_kwargs,
             detail_channels=detail_channels,
+            cam_pool=cam_pool,
         )
         self.backbone = build_backbone(
             backbone,
@@ -168,6 +184,7 @@ class CoSANetwork(nn.Module):
             decoder_channels=config.decoder_channels,
             dilation=config.dilation,
             detail_channels=config.detail_channels,
+            cam_pool=config.cam_pool,
             freeze_blocks=config.freeze_blocks,
             backbone_weights=config.backbone_weights,
             backbone_kwargs=config.backbone_kwargs,
@@ -177,8 +194,9 @@ class CoSANetwork(nn.Module):
         return segment_logits(self.decoder, self.detail, feats, images)
 
     def _heads(self, feats: BackboneFeatures, images: torch.Tensor) -> CoSAOutput:
-        logits = image_logits(self.classifier, feats.final)
-        aux_logits = self.aux_classifier(F.adaptive_max_pool2d(feats.aux, 1)).flatten(1)
+        pool = self.config.get("cam_pool", "max")
+        logits = image_logits(self.classifier, feats.final, pool)
+        aux_logits = image_logits(self.aux_classifier, feats.aux, pool)
         return CoSAOutput(
             logits=logits,
             aux_logits=aux_logits,
@@ -297,4 +315,4 @@ class SegmentationStream(nn.Module):
         logits = F.interpolate(seg, size=images.shape[-2:], mode="bilinear", align_corners=False)
         if not self.with_class_scores:
             return logits
-        return logits, image_logits(self.classifier, feats.final)
+        return logits, image_logits(self.classifier, feats.final, self.config.get("cam_pool", "max"))

@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from cosa_sdk.errors import CosaConfigError  # noqa: E402
+from cosa_sdk.errors import CosaConfigError, CosaModelError  # noqa: E402
 from cosa_sdk.training.model.network import CoSANetwork, SegmentationStream  # noqa: E402
 
 NUM_CLASSES = 3
@@ -42,12 +42,20 @@ class BaseNetworkTester:
         seg_h, seg_w = (-(-s // seg_stride) for s in self.input_size)
         assert out.seg.shape == (2, NUM_CLASSES + 1, seg_h, seg_w)
 
-    def test_logits_are_cam_head_on_max_pooled_features(self, network: CoSANetwork) -> None:
+    def test_logits_are_cam_head_on_pooled_features(self, network: CoSANetwork) -> None:
+        """Max pool as released; with `cam_pool="avg"` the logits are the CAMs' spatial means (the head is linear)."""
         with torch.no_grad():
             out = network(self.images())
-            pooled = out.features.amax(dim=(2, 3))
+            mean = self.extra.get("cam_pool") == "avg"
+            pooled = out.features.mean(dim=(2, 3)) if mean else out.features.amax(dim=(2, 3))
             expected = pooled @ network.classifier.weight.flatten(1).T
+            stream = network.seg_stream().class_score_view().eval()
+            _, scores = stream(self.images())
         torch.testing.assert_close(out.logits, expected, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(scores, out.logits)  # what export and the SDK's drop_absent read
+        if mean:
+            torch.testing.assert_close(out.logits, out.cam.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(out.aux_logits, out.aux_cam.mean(dim=(2, 3)), rtol=1e-4, atol=1e-5)
 
     def test_heads_have_no_bias(self, network: CoSANetwork) -> None:
         assert network.classifier.bias is None
@@ -184,6 +192,19 @@ class TestDetailRefinedViT(BaseNetworkTester):
         assert not any(k.startswith("detail.") for k in plain.seg_stream_state_dict())
 
 
+class TestAvgPooledViT(BaseNetworkTester):
+    backbone = "vit_small_patch14_dinov2"
+    input_size = (56, 70)
+    stride = 14
+    extra = {"freeze_blocks": 8, "cam_pool": "avg"}  # noqa: RUF012
+
+    def test_the_pooling_travels_with_the_config_and_old_configs_mean_max(self, network: CoSANetwork) -> None:
+        assert network.model_config()["cam_pool"] == "avg"
+        assert "cam_pool" not in CoSANetwork(backbone=self.backbone, num_classes=NUM_CLASSES).model_config()
+        with pytest.raises(CosaModelError, match="cam_pool must be 'max'"):
+            CoSANetwork.from_config({**network.model_config(), "cam_pool": "mean"})
+
+
 def test_detail_channels_must_be_zero_or_an_even_width() -> None:
     from cosa_sdk.training.config import TrainConfig
 
@@ -191,6 +212,17 @@ def test_detail_channels_must_be_zero_or_an_even_width() -> None:
     for bad in (-2, 3, 1.5, True):
         with pytest.raises(CosaConfigError, match="detail_channels"):
             TrainConfig(detail_channels=bad)
+
+
+def test_cam_pool_is_max_or_avg_and_older_runs_read_as_max() -> None:
+    from cosa_sdk.training.config import TrainConfig
+
+    assert TrainConfig().cam_pool == "max"
+    assert (
+        TrainConfig.from_dict({k: v for k, v in TrainConfig().to_dict().items() if k != "cam_pool"}).cam_pool == "max"
+    )
+    with pytest.raises(CosaConfigError, match="cam_pool must be 'max'"):
+        TrainConfig(cam_pool="gap")
 
 
 def test_unknown_backbone_is_a_config_error() -> None:
