@@ -171,22 +171,20 @@ class TrainConfig:
                 f"rescale_base must be 'image' (rescale each image's own size) or 'eval' (rescale the eval_size "
                 f"square it is scored and deployed at), got {self.rescale_base!r}"
             )
-        beta = self.aux_cpl_weight
-        if not _is_number(beta) or not 0 <= beta <= 1:
-            raise CosaConfigError(
-                f"aux_cpl_weight must be in [0, 1], the share of L_c2s taken from the auxiliary CAM's pseudo-label "
-                f"(0.5 as released, 0 for the main CAM's alone), got {beta!r}"
-            )
-        if self.cam_pool not in CAM_POOLS:
-            raise CosaConfigError(
-                f"cam_pool must be 'max' (the released head) or 'avg' (the mean over the map), got {self.cam_pool!r}"
-            )
-        paste = self.class_paste
-        if not _is_number(paste) or not 0 <= paste <= 1:
-            raise CosaConfigError(
-                f"class_paste must be a probability in [0, 1] (0: off, 0.5: half the images of a batch receive "
-                f"pasted pixels), got {paste!r}"
-            )
+        _check_fraction(
+            "aux_cpl_weight",
+            self.aux_cpl_weight,
+            "in [0, 1], the share of L_c2s taken from the auxiliary CAM's pseudo-label (0.5 as released, 0 for "
+            "the main CAM's alone)",
+        )
+        problem = cam_pool_problem(self.cam_pool)
+        if problem:
+            raise CosaConfigError(problem)
+        _check_fraction(
+            "class_paste",
+            self.class_paste,
+            "a probability in [0, 1] (0: off, 0.5: half the images of a batch receive pasted pixels)",
+        )
         width = self.detail_channels
         if not _is_number(width, integer=True) or width < 0 or width % 2:
             raise CosaConfigError(
@@ -232,6 +230,19 @@ class TrainConfig:
             inert |= {"cam_refine_iters", "cam_refine_scale", "cam_refine_dilations"}
         skip = RUNTIME_KEYS | inert
         return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
+
+
+def _check_fraction(key: str, value: object, meaning: str) -> None:
+    """Reject a config value that is not a number in [0, 1]; the message says what the key means."""
+    if not _is_number(value) or not 0 <= value <= 1:
+        raise CosaConfigError(f"{key} must be {meaning}, got {value!r}")
+
+
+def cam_pool_problem(pool: object) -> str | None:
+    """What is wrong with a `cam_pool` (None when nothing is); the config and a bundle's model config share it."""
+    if pool in CAM_POOLS:
+        return None
+    return f"cam_pool must be 'max' (the released head) or 'avg' (the mean over the map), got {pool!r}"
 
 
 def _is_number(value: object, *, integer: bool = False) -> bool:

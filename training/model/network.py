@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.errors import CosaModelError
-from cosa_sdk.training.config import CAM_POOLS
+from cosa_sdk.training.config import cam_pool_problem
 from cosa_sdk.training.model.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
 from cosa_sdk.training.model.detail import DetailRefiner
 
@@ -79,10 +79,9 @@ def network_config(
 
     `detail_channels` is written only when a refiner exists and `cam_pool` only when it is not the released
     "max", so configs of networks without them stay as they were (old ones lack the keys and mean 0, "max")."""
-    if cam_pool not in CAM_POOLS:
-        raise CosaModelError(
-            f"cam_pool must be 'max' (the released head) or 'avg' (the mean over the map), got {cam_pool!r}"
-        )
+    problem = cam_pool_problem(cam_pool)
+    if problem:
+        raise CosaModelError(problem)
     config = {
         "backbone": backbone,
         "num_classes": int(num_classes),
