@@ -113,7 +113,7 @@ class TrainConfig:
     cam_refine_dilations: tuple[int, ...] = (1, 2, 4, 8, 12, 24)
     # after the loss warm-up, the probability that an image of the batch receives one class's pseudo-labelled pixels
     # from another image, with the class added to its labels (training/method/class_paste.py); 0: off, as in every
-    # preset (0.5 with `tiny`, seed 0: -2.9 on v3, -0.5 on v1)
+    # preset (0.5, seed 0: `tiny` -2.9 on v3, -0.5 on v1; `cpu` +0.8 on v3, within one seed's spread)
     class_paste: float = 0.0
     # during the loss warm-up, compute the pseudo-label terms and multiply them by 0.0 as the released loop
     # does: the decoder gets zero gradients, so weight decay applies and Adam's step count advances.

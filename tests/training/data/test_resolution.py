@@ -55,8 +55,8 @@ def test_object_extents_are_measured_from_the_masks(tmp_path: Path) -> None:
     ("extent", "expected"),
     [
         (0.5, 168),  # large objects: the preset's side already resolves them
-        (0.2, 210),  # 3 cells of 14 px need 210 px
-        (0.1, 224),  # would need 420 px: capped at sqrt(2) x 168 -> 224 (a multiple of 14)
+        (0.2, 182),  # 2.5 cells of 14 px need 175 px, up to a multiple of 14
+        (0.1, 224),  # would need 350 px: capped at sqrt(2) x 168 -> 224 (a multiple of 14)
     ],
 )
 def test_the_side_follows_the_small_objects_within_the_budget(extent: float, expected: int) -> None:
@@ -73,7 +73,7 @@ def test_without_masks_the_preset_side_stays() -> None:
 
 
 def test_auto_resolution_resizes_the_run_and_preset_leaves_it(tmp_path: Path) -> None:
-    spec = squares_dataset(tmp_path / "d", image_side=128, square=24)
+    spec = squares_dataset(tmp_path / "d", image_side=128, square=20)
     config = dataclasses.replace(preset("tiny"), resolution="auto")
     sized, note = resolve_resolution(config, spec)
     assert sized.crop_size == sized.eval_size == 224 and note.startswith("resolution: crop 224, eval 224")
