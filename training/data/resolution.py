@@ -28,7 +28,8 @@ SAMPLE_IMAGES = 200
 SMALL_OBJECT_PERCENTILE = 10
 MIN_EXTENT_PX = 4  # smaller regions are slivers of occluded objects, not objects
 # an object must span this many CAM cells across to be drawn; 3 chose 252 and 266 px for benchmarks v1 and v2, where
-# the `cpu` preset scored 2.9 and 1.9 label-free mIoU more at 224 px in half the minutes; v3 and v4 keep 308 px
+# the `cpu` preset scored 2.9 and 1.9 label-free mIoU more at 224 px in 55 % and 66 % of the minutes; v3 and v4
+# keep 308 px
 # (docs/benchmarks.md, "The side `resolution=auto` picks for large objects")
 MIN_CELLS = 2.5
 COMPUTE_BUDGET = 2.0  # at most this many times the preset's compute per step (side grows with its square root)
