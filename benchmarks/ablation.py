@@ -19,6 +19,7 @@ table per benchmark (also JSON and a PNG bar chart):
   +detail         released with the detail refiner: seg logits redrawn at stride 4 from the image
   avg-pool        released with the CAM head scoring the mean of the feature map, not its max (`cam_pool`)
   +class-paste    released with half the images of each batch given one class's pixels from another image
+  +erase          released with the erased-CAM loss: each class must also score beside its strongest cells
   full            the same network and schedule trained on ground-truth masks (upper bound)
   full+detail     `full` with the detail refiner: can a finer seg grid draw the shapes at all?
 
@@ -156,15 +157,25 @@ def shared_warmup(
 
     Warm-up iterations compute the same thing in every weak row (the techniques act after it), except
     that dynamic thresholds run their tracker from step 0, another sampling draws other images, and a detail
-    refiner or another CAM pooling is another network; such rows share a warm-up of their own. The CAM-only
-    row leaves it too: its first `warmup_iters` iterations are the same classification training."""
-    key = (config.seed, config.dynamic_threshold, config.label_set_balance, config.detail_channels, config.cam_pool)
+    refiner or another CAM pooling is another network, and CAM erasing trains the classifier from step 0; such
+    rows share a warm-up of their own. The CAM-only row leaves it too: its first `warmup_iters` iterations are
+    the same classification training."""
+    erase = (config.cam_erase, config.cam_erase_threshold, config.cam_erase_reach) if config.cam_erase else None
+    key = (
+        config.seed,
+        config.dynamic_threshold,
+        config.label_set_balance,
+        config.detail_channels,
+        config.cam_pool,
+        erase,
+    )
     if key not in cache:
         techniques = {**dict.fromkeys(TECHNIQUES, False), "dynamic_threshold": key[1]}
         warm_config = dataclasses.replace(config, **techniques, loss_warmup_iters=warmup_iters)
         detail = f"-detail{key[3]}" if key[3] else ""
         pool = "" if key[4] == "max" else f"-{key[4]}pool"
-        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}{detail}{pool}"
+        erased = "-erase{:g}-{:g}-{}".format(*erase) if erase else ""
+        run = workdir / f"warmup-seed{key[0]}{'-dynamic' if key[1] else ''}-balance{key[2]:g}{detail}{pool}{erased}"
         done = run / "warmup.json"
         saved = json.loads(done.read_text()) if done.exists() else {}
         # read back through TrainConfig, so keys added since the warm-up was saved take the value it trained with

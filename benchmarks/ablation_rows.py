@@ -26,6 +26,7 @@ ROWS: dict[str, dict] = {
     "+detail": {"detail_channels": 32},
     "avg-pool": {"cam_pool": "avg"},
     "+class-paste": {"class_paste": 0.5},
+    "+erase": {"cam_erase": 1.0},
     "full": {},
     "full+detail": {"detail_channels": 32},
 }

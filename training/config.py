@@ -27,6 +27,9 @@ ADDED_KEYS = {
     "rescale_base": "image",
     "cam_pool": "max",
     "class_paste": 0.0,
+    "cam_erase": 0.0,
+    "cam_erase_threshold": 0.7,
+    "cam_erase_reach": 2,
 }
 RESCALE_BASES = ("image", "eval")
 AMP_MODES = ("off", "bf16", "auto")
@@ -115,6 +118,12 @@ class TrainConfig:
     # from another image, with the class added to its labels (training/method/class_paste.py); 0: off, as in every
     # preset (0.5, seed 0: `tiny` -2.9 on v3, -0.5 on v1; `cpu` +0.8 on v3, within one seed's spread)
     class_paste: float = 0.0
+    # from the first step, the weight of the erased-CAM loss (training/method/erasing.py): each labelled class
+    # must also score where its CAM is below `cam_erase_threshold` of its peak, within `cam_erase_reach` cells of
+    # where it is above (0: anywhere); 0: off, as in every preset
+    cam_erase: float = 0.0
+    cam_erase_threshold: float = 0.7
+    cam_erase_reach: int = 2
     # during the loss warm-up, compute the pseudo-label terms and multiply them by 0.0 as the released loop
     # does: the decoder gets zero gradients, so weight decay applies and Adam's step count advances.
     # False skips them (no teacher forward in the warm-up; the decoder stays untouched until switch-on)
@@ -185,6 +194,7 @@ class TrainConfig:
             self.class_paste,
             "a probability in [0, 1] (0: off, 0.5: half the images of a batch receive pasted pixels)",
         )
+        check_cam_erase(self)
         width = self.detail_channels
         if not _is_number(width, integer=True) or width < 0 or width % 2:
             raise CosaConfigError(
@@ -228,6 +238,8 @@ class TrainConfig:
             inert.add("full_class_loss")
         if not (self.cam_refine or other.cam_refine):
             inert |= {"cam_refine_iters", "cam_refine_scale", "cam_refine_dilations"}
+        if not (self.cam_erase or other.cam_erase):
+            inert |= {"cam_erase_threshold", "cam_erase_reach"}
         skip = RUNTIME_KEYS | inert
         return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
 
@@ -236,6 +248,25 @@ def _check_fraction(key: str, value: object, meaning: str) -> None:
     """Reject a config value that is not a number in [0, 1]; the message says what the key means."""
     if not _is_number(value) or not 0 <= value <= 1:
         raise CosaConfigError(f"{key} must be {meaning}, got {value!r}")
+
+
+def check_cam_erase(config: TrainConfig) -> None:
+    """The erased-CAM loss's weight, threshold and reach, each with what it means."""
+    if not _is_number(config.cam_erase) or config.cam_erase < 0:
+        raise CosaConfigError(
+            f"cam_erase must be a loss weight >= 0 (0: off, 1: as strong as L_cls), got {config.cam_erase!r}"
+        )
+    threshold = config.cam_erase_threshold
+    if not _is_number(threshold) or not 0 < threshold <= 1:
+        raise CosaConfigError(
+            f"cam_erase_threshold must be in (0, 1], the fraction of a class's CAM peak above which its cells are "
+            f"erased, got {threshold!r}"
+        )
+    reach = config.cam_erase_reach
+    if not _is_number(reach, integer=True) or reach < 0:
+        raise CosaConfigError(
+            f"cam_erase_reach must be a whole number of CAM cells >= 0 (0: anywhere in the image), got {reach!r}"
+        )
 
 
 def cam_pool_problem(pool: object) -> str | None:

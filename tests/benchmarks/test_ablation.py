@@ -28,7 +28,7 @@ def _weights(trainer: Trainer) -> dict[str, torch.Tensor]:
     return {**trainer.online.state_dict(), **{f"ema.{k}": v for k, v in trainer.assignment.state_dict().items()}}
 
 
-@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform", "+detail", "avg-pool", "+class-paste"])
+@pytest.mark.parametrize("row", ["+perplexity", "+dynamic", "uniform", "+detail", "avg-pool", "+class-paste", "+erase"])
 def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> None:
     base = tiny_config(iters=5, loss_warmup_iters=3, eval_every=100, sample_every=100, t_high=0.65, t_low=0.35)
     config = ablation.row_config(row, base, seed=0)
@@ -45,6 +45,11 @@ def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> No
     if row == "+class-paste":  # the draws are the step's, so a resumed run pastes the same pixels
         logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
         assert sum(entry.get("pasted", 0) for entry in logged) > 0
+    if row == "+erase":  # the erased-CAM term acts from the first step, warm-up included
+        released, _ = ablation.shared_warmup(ablation.row_config("released", base, seed=0), 3, DATA, tmp_path, {})
+        assert released != warm and "erase" in warm.parent.name
+        logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
+        assert any("erase" in entry for entry in logged)
 
 
 @pytest.mark.parametrize(
@@ -70,7 +75,8 @@ def test_a_saved_warm_up_serves_rows_that_differ_only_after_it(tmp_path, monkeyp
     assert ablation.shared_warmup(config, 3, DATA, tmp_path, {})[0] == warm
     saved = warm.parent / "warmup.json"
     record = json.loads(saved.read_text())
-    for key in ("cam_pool", "class_paste"):  # a warm-up saved before these keys existed trained with their defaults
+    # a warm-up saved before these keys existed trained with their defaults
+    for key in ("cam_pool", "class_paste", "cam_erase"):
         del record["config"][key]
     saved.write_text(json.dumps(record))
     assert ablation.shared_warmup(config, 3, DATA, tmp_path, {})[0] == warm

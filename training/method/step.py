@@ -18,6 +18,7 @@ from cosa_sdk.training.method.class_paste import paste_classes, paste_generator
 from cosa_sdk.training.method.contrastive import contrastive_separation_loss
 from cosa_sdk.training.method.crf_loss import DenseCRFLoss
 from cosa_sdk.training.method.dynamic_threshold import DynamicThreshold
+from cosa_sdk.training.method.erasing import erased_cam_loss
 from cosa_sdk.training.method.losses import balanced_seg_loss, classification_loss, seg_to_cam_loss
 from cosa_sdk.training.method.perplexity import perplexity_weights
 from cosa_sdk.training.method.pseudo_labels import (
@@ -173,6 +174,14 @@ class CoSALosses(nn.Module):
         terms = {"cls": l_cls.item(), "cls_aux": l_aux.item()}
         if pasted is not None:
             terms["pasted"] = float(pasted)
+        if cfg.cam_erase > 0:
+            valid = _roi(batch["box"], strong.shape[-2:], out.cam.device)
+            valid = F.adaptive_avg_pool2d(valid[:, None], out.cam.shape[-2:])[:, 0] > 0.5
+            l_erase = erased_cam_loss(
+                out.cam, labels, threshold=cfg.cam_erase_threshold, reach=cfg.cam_erase_reach, valid=valid
+            )
+            total = total + cfg.cam_erase * l_erase
+            terms["erase"] = l_erase.item()
         if not with_terms:
             return total, terms, pseudo
         on = 1.0 if active else 0.0
