@@ -45,7 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from cosa_sdk.errors import CosaError, CosaInputError
-from cosa_sdk.training.config import TrainConfig, pseudo_scales_problem
+from cosa_sdk.training.config import TrainConfig
+from cosa_sdk.training.config_checks import pseudo_scales_problem
 from cosa_sdk.training.engine.checkpoint import build_network, load_checkpoint
 from cosa_sdk.training.evaluation.evaluate import predict_maps
 from cosa_sdk.training.evaluation.metrics import ConfusionMatrix

@@ -9,6 +9,17 @@ from typing import Any
 
 from cosa_sdk.constants import IMAGENET_MEAN, IMAGENET_STD
 from cosa_sdk.errors import CosaConfigError
+from cosa_sdk.training.config_checks import (
+    FALSE_WORDS,
+    TRUE_WORDS,
+    cam_pool_problem,
+    check_cam_erase,
+    check_cam_refine,
+    check_fraction,
+    check_teacher,
+    is_number,
+    normalize_amp,
+)
 
 # Keys added after runs were already being saved, with the value that reproduces what the code did before
 # they existed: a config read back from an older run means what it meant when it was written.
@@ -32,11 +43,6 @@ ADDED_KEYS = {
     "cam_erase_reach": 2,
 }
 RESCALE_BASES = ("image", "eval")
-AMP_MODES = ("off", "bf16", "auto")
-CAM_POOLS = ("max", "avg")  # training/model/network.py, image_logits
-# how `key=value` overrides (and `amp`) spell a boolean
-TRUE_WORDS = ("1", "true", "yes", "on")
-FALSE_WORDS = ("0", "false", "no", "off")
 
 # Keys that may change between a run and its `--resume` without changing what is computed.
 RUNTIME_KEYS = frozenset(
@@ -180,7 +186,7 @@ class TrainConfig:
                 f"rescale_base must be 'image' (rescale each image's own size) or 'eval' (rescale the eval_size "
                 f"square it is scored and deployed at), got {self.rescale_base!r}"
             )
-        _check_fraction(
+        check_fraction(
             "aux_cpl_weight",
             self.aux_cpl_weight,
             "in [0, 1], the share of L_c2s taken from the auxiliary CAM's pseudo-label (0.5 as released, 0 for "
@@ -189,14 +195,14 @@ class TrainConfig:
         problem = cam_pool_problem(self.cam_pool)
         if problem:
             raise CosaConfigError(problem)
-        _check_fraction(
+        check_fraction(
             "class_paste",
             self.class_paste,
             "a probability in [0, 1] (0: off, 0.5: half the images of a batch receive pasted pixels)",
         )
         check_cam_erase(self)
         width = self.detail_channels
-        if not _is_number(width, integer=True) or width < 0 or width % 2:
+        if not is_number(width, integer=True) or width < 0 or width % 2:
             raise CosaConfigError(
                 f"detail_channels must be 0 (no detail refiner) or an even width such as 32, got {width!r}"
             )
@@ -242,107 +248,6 @@ class TrainConfig:
             inert |= {"cam_erase_threshold", "cam_erase_reach"}
         skip = RUNTIME_KEYS | inert
         return {k: (mine[k], theirs[k]) for k in mine if k not in skip and mine[k] != theirs[k]}
-
-
-def _check_fraction(key: str, value: object, meaning: str) -> None:
-    """Reject a config value that is not a number in [0, 1]; the message says what the key means."""
-    if not _is_number(value) or not 0 <= value <= 1:
-        raise CosaConfigError(f"{key} must be {meaning}, got {value!r}")
-
-
-def check_cam_erase(config: TrainConfig) -> None:
-    """The erased-CAM loss's weight, threshold and reach, each with what it means."""
-    if not _is_number(config.cam_erase) or config.cam_erase < 0:
-        raise CosaConfigError(
-            f"cam_erase must be a loss weight >= 0 (0: off, 1: as strong as L_cls), got {config.cam_erase!r}"
-        )
-    threshold = config.cam_erase_threshold
-    if not _is_number(threshold) or not 0 < threshold <= 1:
-        raise CosaConfigError(
-            f"cam_erase_threshold must be in (0, 1], the fraction of a class's CAM peak above which its cells are "
-            f"erased, got {threshold!r}"
-        )
-    reach = config.cam_erase_reach
-    if not _is_number(reach, integer=True) or reach < 0:
-        raise CosaConfigError(
-            f"cam_erase_reach must be a whole number of CAM cells >= 0 (0: anywhere in the image), got {reach!r}"
-        )
-
-
-def cam_pool_problem(pool: object) -> str | None:
-    """What is wrong with a `cam_pool` (None when nothing is); the config and a bundle's model config share it."""
-    if pool in CAM_POOLS:
-        return None
-    return f"cam_pool must be 'max' (the released head) or 'avg' (the mean over the map), got {pool!r}"
-
-
-def _is_number(value: object, *, integer: bool = False) -> bool:
-    """An int (or, unless `integer`, a float), and not a bool, which Python counts as an int."""
-    kinds = int if integer else (int, float)
-    return isinstance(value, kinds) and not isinstance(value, bool)
-
-
-def normalize_amp(value: object) -> str:
-    """`amp` as one of AMP_MODES; booleans and on/off words (older configs, `amp=true`) mean "bf16" / "off"."""
-    if isinstance(value, bool):
-        return "bf16" if value else "off"
-    text = str(value).strip().lower()
-    if text in TRUE_WORDS:
-        return "bf16"
-    if text in FALSE_WORDS or text == "none":
-        return "off"
-    if text not in AMP_MODES:
-        raise CosaConfigError(
-            f"amp must be 'off' (float32), 'bf16' (bf16 autocast) or 'auto' (bf16 where this machine computes it "
-            f"natively), got {value!r}"
-        )
-    return text
-
-
-MAX_PSEUDO_SCALE = 4.0
-
-
-def pseudo_scales_problem(scales: Any) -> str | None:
-    """What is wrong with a teacher's `pseudo_scales` (None when nothing is): it needs at least one
-    size, relative to the crop, each in (0, MAX_PSEUDO_SCALE]; larger views cost memory and add no detail."""
-    if not isinstance(scales, tuple) or not scales:
-        return "give at least one scale, e.g. 1.0 or 1.0,0.5,1.5"
-    if any(not _is_number(s) or not 0 < s <= MAX_PSEUDO_SCALE for s in scales):
-        return f"each scale must be in (0, {MAX_PSEUDO_SCALE:g}], e.g. 1.0,0.5,1.5"
-    return None
-
-
-def check_teacher(config: TrainConfig) -> None:
-    """Reject teacher views training cannot run with before any image is loaded."""
-    problem = pseudo_scales_problem(config.pseudo_scales)
-    if problem:
-        raise CosaConfigError(f"pseudo_scales={config.pseudo_scales!r}: {problem}")
-    if not isinstance(config.pseudo_flip, bool):
-        raise CosaConfigError(f"pseudo_flip must be true or false, got {config.pseudo_flip!r}")
-
-
-def check_cam_refine(config: TrainConfig) -> None:
-    """Reject cam_refine* values the refinement cannot run with, saying which value works."""
-    if not isinstance(config.cam_refine, bool):
-        raise CosaConfigError(f"cam_refine must be true or false, got {config.cam_refine!r}")
-    iters = config.cam_refine_iters
-    if not _is_number(iters, integer=True) or iters < 1:
-        raise CosaConfigError(f"cam_refine_iters must be an integer >= 1 (10 in ToCo), got {iters!r}")
-    scale = config.cam_refine_scale
-    if not _is_number(scale) or not 0 < scale <= 1:
-        raise CosaConfigError(
-            f"cam_refine_scale must be in (0, 1], the fraction of the crop side to refine at (e.g. 0.5), got {scale!r}"
-        )
-    dilations = config.cam_refine_dilations
-    if (
-        not isinstance(dilations, tuple)
-        or not dilations
-        or any(not _is_number(d, integer=True) or d < 1 for d in dilations)
-    ):
-        raise CosaConfigError(
-            f"cam_refine_dilations must be a tuple of positive integers, e.g. cam_refine_dilations=1,2,4,8,12,24; "
-            f"got {dilations!r}"
-        )
 
 
 BEST_METRICS = ("seg_miou", "seg_miou_gt_filtered")

@@ -42,13 +42,12 @@ def test_a_branched_row_equals_the_run_trained_from_scratch(tmp_path, row) -> No
     expected, got = _weights(straight), _weights(branched)
     for name in expected:
         assert torch.equal(got[name], expected[name]), name
+    logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
     if row == "+class-paste":  # the draws are the step's, so a resumed run pastes the same pixels
-        logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
         assert sum(entry.get("pasted", 0) for entry in logged) > 0
     if row == "+erase":  # the erased-CAM term acts from the first step, warm-up included
         released, _ = ablation.shared_warmup(ablation.row_config("released", base, seed=0), 3, DATA, tmp_path, {})
         assert released != warm and "erase" in warm.parent.name
-        logged = [json.loads(line) for line in (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()]
         assert any("erase" in entry for entry in logged)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from cosa_sdk.training.config import normalize_amp
+from cosa_sdk.training.config_checks import normalize_amp
 
 # CPU feature flags (as Linux names them in /proc/cpuinfo) that mean bf16 matrix products run natively
 NATIVE_BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from cosa_sdk.errors import CosaModelError
-from cosa_sdk.training.config import cam_pool_problem
+from cosa_sdk.training.config_checks import cam_pool_problem
 from cosa_sdk.training.model.backbones import BackboneFeatures, CNNBackbone, ViTBackbone, build_backbone
 from cosa_sdk.training.model.detail import DetailRefiner
 
